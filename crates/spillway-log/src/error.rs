@@ -1,0 +1,80 @@
+//! Error type of the change log.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can go wrong with the change log.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    /// A file operation failed.
+    #[error("change log i/o error: {op} {path}: {source}; check the disk, free space and permissions of the log directory")]
+    Io {
+        /// What was being done (e.g. "open", "fsync").
+        op: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A record or segment header failed validation; the data is not served.
+    #[error("corrupt change log data in {segment} at offset {offset}; restore the log directory from a backup or re-snapshot the consumers")]
+    Corrupt {
+        /// Path of the damaged segment file.
+        segment: PathBuf,
+        /// Byte offset of the damaged record (or header) in that file.
+        offset: u64,
+    },
+    /// An earlier write or fsync failed; the log refuses further appends.
+    #[error("change log is poisoned by an earlier write or fsync failure; restart the process so recovery can run")]
+    Poisoned,
+    /// The appended lsn is not the next dense lsn.
+    #[error("append out of sequence: expected lsn {expected}, got {got}; append records with dense lsns starting at next_lsn()")]
+    LsnMismatch {
+        /// The lsn the log expected (`next_lsn()`).
+        expected: u64,
+        /// The lsn that was supplied.
+        got: u64,
+    },
+    /// The writer thread has stopped (closed or crashed).
+    #[error("change log writer is closed; reopen the log to append again")]
+    Closed,
+    /// The requested position was deleted by retention.
+    #[error("lsn {requested} was trimmed by retention (oldest retained lsn is {oldest}); requery from a snapshot or restart from the oldest lsn")]
+    Trimmed {
+        /// The lsn the reader wanted.
+        requested: u64,
+        /// The oldest lsn still retained.
+        oldest: u64,
+    },
+    /// The payload is larger than the format allows.
+    #[error("record payload of {len} bytes exceeds the {max}-byte limit; split the change or raise the limit")]
+    RecordTooLarge {
+        /// Payload length.
+        len: usize,
+        /// Maximum allowed payload length.
+        max: usize,
+    },
+    /// Another `ChangeLog` in this process already has the directory open.
+    #[error(
+        "change log directory {dir} is already open in this process; close the other writer first"
+    )]
+    AlreadyOpen {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// The options are unusable.
+    #[error("invalid change log options: {0}; fix the configuration")]
+    InvalidOptions(String),
+}
+
+impl LogError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        LogError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}

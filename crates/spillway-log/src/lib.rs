@@ -1,0 +1,611 @@
+//! # spillway-log — Spillway's durable change log
+//!
+//! One writer (the PostgreSQL source pipeline) appends records; any number of
+//! readers (HTTP streams, sinks) read them concurrently. A record is an opaque
+//! payload (the change event's JSON) plus a small header.
+//!
+//! ```text
+//! source ──append──▶ bounded queue ──▶ writer thread ──write──▶ segment files
+//!                                          │ commit point         ▲
+//!                                          ▼                      │ fsync
+//!                                     sync thread ────────────────┘
+//!                                          │ publishes committed_lsn
+//!                                          ▼
+//!                      readers ◀── watch (subscribe) ── ChangeLog
+//! ```
+//!
+//! ## Invariants
+//!
+//! * **Dense lsns.** Records carry the log's own sequence number, `lsn`,
+//!   starting at 1 with no holes. The appender supplies it and it must equal
+//!   [`LogWriter::next_lsn`] ([`LogError::LsnMismatch`] otherwise).
+//! * **Visibility.** Each record has a `tx_end` flag. Readers only see records
+//!   up to the *committed lsn*: the last **durable** (fsynced) record with
+//!   `tx_end = true`. Records of a transaction whose end has not been made
+//!   durable are invisible, and recovery deletes them.
+//! * **What `append` promises.** [`LogWriter::append`] returning `Ok` means
+//!   the record is *queued* — nothing more. Durability is signalled through
+//!   [`LogWriter::durable`] (positions of the last durable tx_end record) and
+//!   [`ChangeLog::subscribe`] (committed lsn); [`LogWriter::flush`] waits for
+//!   everything appended so far.
+//! * **What survives a crash.** Everything up to the last fsynced tx_end
+//!   record, i.e. everything that was ever visible. Nothing after it: the
+//!   next open removes records after the last durable tx_end record, even
+//!   after a clean close (an unfinished transaction never survives a reopen;
+//!   the source re-sends it). Dropping a [`LogWriter`] without `close` still
+//!   writes and fsyncs what was queued.
+//! * **Group commit.** The writer thread encodes and writes records as they
+//!   arrive. At a *commit point* — its queue is momentarily empty, 1 MiB has
+//!   been written, or the oldest unsynced record is 5 ms old, whichever comes
+//!   first, or a [`LogWriter::flush`] — it hands "everything written so far"
+//!   to a sync thread and carries on writing. The sync thread fsyncs
+//!   (requests arriving meanwhile coalesce into the next fsync) and then
+//!   publishes the new committed lsn. So one fsync covers many records, and
+//!   waiting for the disk overlaps with writing the next group. At most
+//!   8 MiB may wait for fsync before the writer itself waits (then the
+//!   bounded queue makes `append` wait: memory stays bounded). A segment is
+//!   fsynced completely before the next one is created, and creating or
+//!   deleting segment files also fsyncs the directory.
+//! * **Poisoning.** If a write or fsync fails the log is poisoned: it is never
+//!   retried, appends and flushes return [`LogError::Poisoned`], and the
+//!   process must reopen the log (recovery then decides what survived).
+//! * **Readers never see bad data.** Every record read is length- and
+//!   CRC-checked and its lsn compared with the expected one; any mismatch is
+//!   returned as [`LogError::Corrupt`], never skipped.
+//! * **Single process.** One `ChangeLog` per directory. A second `open` in the
+//!   same process fails with [`LogError::AlreadyOpen`]; separate processes
+//!   must not share a directory (not detected).
+//!
+//! ## On-disk format (version 1)
+//!
+//! All integers are little-endian. The directory holds:
+//!
+//! * `NNNNNNNNNNNNNNNNNNNN.seg` — a segment, named by its first lsn as 20
+//!   zero-padded decimal digits (e.g. `00000000000000000001.seg`);
+//! * `NNNNNNNNNNNNNNNNNNNN.idx` — the sparse index of a **sealed** segment;
+//! * `*.tmp` — half-written index files, deleted at open.
+//!
+//! ### Segment file
+//!
+//! A 64-byte header followed by records back to back. A new segment is
+//! started before a record that would make the active one exceed
+//! `segment_bytes` (a segment always holds at least one record, so a single
+//! record larger than `segment_bytes` gets a segment of its own).
+//!
+//! ```text
+//! offset size field
+//!      0    8 magic              "SPWLSEG\0"
+//!      8    4 format version     1
+//!     12    4 header length      64
+//!     16    8 base_lsn           lsn of the first record (= file name)
+//!     24    8 prev_commit.lsn    last tx_end record before this segment (0 = none)
+//!     32    8 prev_commit.pg_commit_lsn
+//!     40    8 prev_commit.pg_end_lsn
+//!     48    8 prev_commit.timestamp_us (i64)
+//!     56    4 reserved           0
+//!     60    4 crc32c of bytes 0..60
+//! ```
+//!
+//! `prev_commit` lets recovery restore [`ChangeLog::last_commit`] even when
+//! retention has deleted every segment holding a tx_end record.
+//!
+//! ### Record
+//!
+//! ```text
+//! offset size field
+//!      0    4 len             payload length (<= 256 MiB)
+//!      4    4 crc             crc32c over bytes 0..4 (len) and 8..end
+//!      8    8 lsn
+//!     16    8 timestamp_us    i64, µs since the Unix epoch
+//!     24    1 flags           bit 0 = tx_end; other bits must be 0
+//!     25    8 pg_commit_lsn   opaque to this crate
+//!     33    8 pg_end_lsn      opaque to this crate
+//!     41  len payload
+//! ```
+//!
+//! The codec lives in the sans-IO [`record`] module.
+//!
+//! ### Index sidecar (`.idx`)
+//!
+//! ```text
+//! offset size field
+//!      0    8 magic           "SPWLIDX\0"
+//!      8    4 version         1
+//!     12    4 entry count n
+//!     16    8 base_lsn
+//!     24    8 last_lsn        lsn of the segment's last record
+//!     32    8 segment length  bytes; must equal the .seg file size
+//!     40    8 max timestamp   i64, largest record timestamp in the segment
+//!     48 24*n entries         u64 lsn, u64 file offset, i64 max timestamp of the chunk
+//!  48+24n   4 crc32c of everything before
+//! ```
+//!
+//! An entry is made for the first record and then for the first record at
+//! least `index_interval_bytes` past the previous entry. Each entry also
+//! records the largest timestamp of its chunk, so
+//! [`ChangeLog::lsn_for_timestamp`] is exact even if timestamps are not
+//! monotonic. The index is written (tmp file + rename) when a segment is
+//! sealed; at open it is used only if its checksum is valid and its base,
+//! last lsn and segment length match, otherwise it is rebuilt by scanning.
+//! The active segment's index is always rebuilt by scanning at open.
+//!
+//! ## Recovery (at [`ChangeLog::open`])
+//!
+//! 1. Delete `*.tmp` files and `.idx` files without a segment. An empty
+//!    directory gets segment 1.
+//! 2. Scan segments from the newest backwards, validating the header and every
+//!    record (length, CRC, flags, dense lsns); a scan stops at the first torn
+//!    or invalid record. Stop at the first (newest) segment containing a valid
+//!    tx_end record, or at the oldest segment.
+//! 3. Cut there: truncate that segment just after its last valid tx_end
+//!    record (or to its bare header if there is none), delete every newer
+//!    segment (newest first) with its index, delete the cut segment's own
+//!    `.idx` (it is active again), fsync the file and the directory. The torn
+//!    or corrupt tail and any unfinished transaction, even one spanning
+//!    several segments, are gone. A crash during recovery recovers to the
+//!    same cut.
+//! 4. The committed lsn and [`ChangeLog::last_commit`] come from that tx_end
+//!    record (or, without one, from the oldest segment's header:
+//!    `base_lsn - 1` and `prev_commit`).
+//! 5. Load the indexes of the older (sealed) segments, rebuilding damaged or
+//!    missing ones. Sealed segments are not otherwise validated at open;
+//!    damage there is reported by readers as [`LogError::Corrupt`].
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod error;
+mod index;
+mod lock;
+mod reader;
+pub mod record;
+mod recovery;
+mod segment;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::watch;
+
+pub use error::LogError;
+pub use reader::LogReader;
+pub use writer::LogWriter;
+
+use lock::{lock, read, write};
+use segment::{open_checked, remove_if_exists, sync_dir, Segment, Step, SMALL_READ_BUF_BYTES};
+
+/// Default segment size: 64 MiB.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Default append queue capacity, in records.
+pub const DEFAULT_CHANNEL_CAPACITY: usize = 4096;
+/// Default distance between sparse index entries: 64 KiB.
+pub const DEFAULT_INDEX_INTERVAL_BYTES: u64 = 64 * 1024;
+/// Smallest accepted `segment_bytes`.
+pub const MIN_SEGMENT_BYTES: u64 = 256;
+
+/// Configuration of a change log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogOptions {
+    /// Directory holding the segment files (created if missing).
+    pub dir: PathBuf,
+    /// Target segment size in bytes (default 64 MiB, at least 256).
+    pub segment_bytes: u64,
+    /// Capacity of the append queue in records (default 4096). A full queue
+    /// makes [`LogWriter::append`] wait, which bounds memory.
+    pub channel_capacity: usize,
+    /// Distance between sparse index entries in bytes (default 64 KiB).
+    pub index_interval_bytes: u64,
+}
+
+impl LogOptions {
+    /// Options with the defaults for `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        LogOptions {
+            dir: dir.into(),
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            channel_capacity: DEFAULT_CHANNEL_CAPACITY,
+            index_interval_bytes: DEFAULT_INDEX_INTERVAL_BYTES,
+        }
+    }
+
+    fn validate(&self) -> Result<(), LogError> {
+        if self.segment_bytes < MIN_SEGMENT_BYTES {
+            return Err(LogError::InvalidOptions(format!(
+                "segment_bytes must be at least {MIN_SEGMENT_BYTES}, got {}",
+                self.segment_bytes
+            )));
+        }
+        if self.channel_capacity == 0 {
+            return Err(LogError::InvalidOptions(
+                "channel_capacity must be at least 1".into(),
+            ));
+        }
+        if self.index_interval_bytes == 0 {
+            return Err(LogError::InvalidOptions(
+                "index_interval_bytes must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A record to append.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendRecord {
+    /// Must equal [`LogWriter::next_lsn`].
+    pub lsn: u64,
+    /// Event time, µs since the Unix epoch (used by
+    /// [`ChangeLog::lsn_for_timestamp`]).
+    pub timestamp_us: i64,
+    /// Whether this record ends its transaction (makes it and everything
+    /// before it visible once durable).
+    pub tx_end: bool,
+    /// PostgreSQL commit lsn of the transaction (opaque).
+    pub pg_commit_lsn: u64,
+    /// PostgreSQL end lsn of the transaction (opaque).
+    pub pg_end_lsn: u64,
+    /// The event bytes.
+    pub payload: Vec<u8>,
+}
+
+/// Where the last visible transaction ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommitPosition {
+    /// Log lsn of the transaction's tx_end record.
+    pub lsn: u64,
+    /// PostgreSQL commit lsn carried by that record.
+    pub pg_commit_lsn: u64,
+    /// PostgreSQL end lsn carried by that record.
+    pub pg_end_lsn: u64,
+    /// Timestamp of that record.
+    pub timestamp_us: i64,
+}
+
+/// A record returned by a [`LogReader`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogRecord {
+    /// Log sequence number.
+    pub lsn: u64,
+    /// Timestamp given at append time.
+    pub timestamp_us: i64,
+    /// The event bytes.
+    pub payload: Vec<u8>,
+}
+
+/// What [`ChangeLog::trim_before`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrimReport {
+    /// Number of segment files deleted.
+    pub segments_deleted: usize,
+    /// Bytes freed (segments and their indexes).
+    pub bytes_freed: u64,
+    /// Oldest lsn retained afterwards.
+    pub oldest_lsn: u64,
+}
+
+/// Counters of the writer since the log was opened (for metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Records made durable.
+    pub records: u64,
+    /// Encoded bytes made durable.
+    pub bytes: u64,
+    /// Group commits (fsyncs of segment data).
+    pub fsyncs: u64,
+    /// Total time spent in those fsyncs, µs.
+    pub fsync_micros: u64,
+    /// Segments started by rolling.
+    pub rolls: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct StatCounters {
+    pub(crate) records: AtomicU64,
+    pub(crate) bytes: AtomicU64,
+    pub(crate) fsyncs: AtomicU64,
+    pub(crate) fsync_micros: AtomicU64,
+    pub(crate) rolls: AtomicU64,
+}
+
+/// State shared by the handle, the writer thread and readers.
+pub(crate) struct Shared {
+    pub(crate) opts: LogOptions,
+    /// Oldest first; the last one is the active segment. Never empty.
+    pub(crate) segments: RwLock<Vec<Arc<Segment>>>,
+    pub(crate) committed: AtomicU64,
+    pub(crate) committed_tx: watch::Sender<u64>,
+    pub(crate) last_commit: Mutex<Option<CommitPosition>>,
+    pub(crate) poisoned: AtomicBool,
+    pub(crate) stats: StatCounters,
+    trim_lock: Mutex<()>,
+}
+
+impl Shared {
+    pub(crate) fn committed_lsn(&self) -> u64 {
+        self.committed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn oldest_lsn(&self) -> u64 {
+        read(&self.segments).first().map_or(1, |s| s.base_lsn)
+    }
+
+    /// Whether `err` (from opening `seg`) is because retention deleted it.
+    pub(crate) fn was_trimmed(&self, seg: &Segment, err: &LogError) -> bool {
+        matches!(err, LogError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+            && self.oldest_lsn() > seg.base_lsn
+    }
+
+    /// The segment holding `lsn` and its last lsn (`u64::MAX` if active).
+    pub(crate) fn segment_for(&self, lsn: u64) -> Result<(Arc<Segment>, u64), LogError> {
+        let segs = read(&self.segments);
+        let i = segs.partition_point(|s| s.base_lsn <= lsn);
+        let Some(seg) = i.checked_sub(1).and_then(|i| segs.get(i)) else {
+            return Err(LogError::Trimmed {
+                requested: lsn,
+                oldest: segs.first().map_or(1, |s| s.base_lsn),
+            });
+        };
+        let bound = segs.get(i).map_or(u64::MAX, |next| next.base_lsn - 1);
+        Ok((seg.clone(), bound))
+    }
+}
+
+/// Registry of directories open in this process.
+static OPEN_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Holds a directory in [`OPEN_DIRS`] until dropped (owned by the writer).
+pub(crate) struct DirGuard {
+    dir: PathBuf,
+}
+
+impl DirGuard {
+    fn acquire(dir: &Path) -> Result<DirGuard, LogError> {
+        let dir = dir
+            .canonicalize()
+            .map_err(|e| LogError::io("resolve directory", dir, e))?;
+        let mut open = lock(&OPEN_DIRS);
+        if open.contains(&dir) {
+            return Err(LogError::AlreadyOpen { dir });
+        }
+        open.push(dir.clone());
+        Ok(DirGuard { dir })
+    }
+}
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        lock(&OPEN_DIRS).retain(|d| d != &self.dir);
+    }
+}
+
+/// Handle to an open change log; cheap to clone, shared by all readers.
+#[derive(Clone)]
+pub struct ChangeLog {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ChangeLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangeLog")
+            .field("dir", &self.shared.opts.dir)
+            .field("committed_lsn", &self.committed_lsn())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChangeLog {
+    /// Opens (creating if missing) and recovers the log in `opts.dir`, then
+    /// starts the writer thread. See the crate docs for the recovery rules.
+    pub fn open(opts: LogOptions) -> Result<(ChangeLog, LogWriter), LogError> {
+        opts.validate()?;
+        std::fs::create_dir_all(&opts.dir)
+            .map_err(|e| LogError::io("create directory", &opts.dir, e))?;
+        let guard = DirGuard::acquire(&opts.dir)?;
+        let rec = recovery::recover(&opts)?;
+        tracing::info!(
+            dir = %opts.dir.display(),
+            committed_lsn = rec.committed_lsn,
+            segments = rec.segments.len(),
+            "change log opened"
+        );
+        let (committed_tx, _) = watch::channel(rec.committed_lsn);
+        let shared = Arc::new(Shared {
+            opts,
+            segments: RwLock::new(rec.segments),
+            committed: AtomicU64::new(rec.committed_lsn),
+            committed_tx,
+            last_commit: Mutex::new(rec.last_commit),
+            poisoned: AtomicBool::new(false),
+            stats: StatCounters::default(),
+            trim_lock: Mutex::new(()),
+        });
+        let writer = LogWriter::spawn(
+            shared.clone(),
+            rec.active_file,
+            rec.active_index,
+            rec.last_commit,
+            guard,
+        )?;
+        Ok((ChangeLog { shared }, writer))
+    }
+
+    /// Last visible lsn (0 if nothing was ever committed).
+    pub fn committed_lsn(&self) -> u64 {
+        self.shared.committed_lsn()
+    }
+
+    /// First lsn still retained. When no visible record is retained (empty
+    /// log, or everything trimmed) this is `committed_lsn() + 1`.
+    pub fn oldest_lsn(&self) -> u64 {
+        self.shared.oldest_lsn()
+    }
+
+    /// Positions of the last visible tx_end record (restored at open; its
+    /// lsn is normally `committed_lsn()`): tells the source where to resume
+    /// and what it may confirm to PostgreSQL.
+    pub fn last_commit(&self) -> Option<CommitPosition> {
+        *lock(&self.shared.last_commit)
+    }
+
+    /// Whether an earlier write or fsync failure poisoned the log.
+    pub fn is_poisoned(&self) -> bool {
+        self.shared.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Notifies changes of the committed lsn; readers wait on this instead of
+    /// polling.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.committed_tx.subscribe()
+    }
+
+    /// A reader positioned at `from_lsn`, clamped up to
+    /// [`oldest_lsn`](ChangeLog::oldest_lsn). Positions past the committed lsn
+    /// are allowed; the reader returns records once they become visible.
+    pub fn reader(&self, from_lsn: u64) -> Result<LogReader, LogError> {
+        let from = from_lsn.max(self.oldest_lsn());
+        Ok(LogReader::new(self.shared.clone(), from))
+    }
+
+    /// The first visible lsn whose record timestamp is `>= ts_us`, or
+    /// `committed_lsn() + 1` if there is none. Only retained segments are
+    /// searched (a timestamp before all of them yields the oldest lsn).
+    pub fn lsn_for_timestamp(&self, ts_us: i64) -> Result<u64, LogError> {
+        let committed = self.committed_lsn();
+        let segs: Vec<Arc<Segment>> = read(&self.shared.segments).clone();
+        for (i, seg) in segs.iter().enumerate() {
+            // Last lsn of this segment, if sealed.
+            let bound = segs.get(i + 1).map_or(u64::MAX, |n| n.base_lsn - 1);
+            let start = {
+                let idx = read(&seg.index);
+                if idx.max_ts < ts_us {
+                    continue;
+                }
+                idx.first_chunk_with_ts(ts_us)
+            };
+            let Some(start) = start else { continue };
+            if start.lsn > committed {
+                break;
+            }
+            let mut cursor = match open_checked(seg, SMALL_READ_BUF_BYTES) {
+                Ok(cursor) => cursor,
+                // Trimmed while we looked: continue with what is retained.
+                Err(e) if self.shared.was_trimmed(seg, &e) => continue,
+                Err(e) => return Err(e),
+            };
+            cursor
+                .seek(start.offset)
+                .map_err(|e| LogError::io("seek segment", &seg.path, e))?;
+            let mut lsn = start.lsn;
+            loop {
+                if lsn > committed {
+                    return Ok(committed + 1);
+                }
+                let at = cursor.offset();
+                match cursor
+                    .next()
+                    .map_err(|e| LogError::io("read segment", &seg.path, e))?
+                {
+                    Step::Record(rec) if rec.header.lsn == lsn => {
+                        if rec.header.timestamp_us >= ts_us {
+                            return Ok(lsn);
+                        }
+                        lsn += 1;
+                    }
+                    Step::End if lsn > bound => break,
+                    other => {
+                        let reason = reader::describe(&other, lsn);
+                        tracing::error!(segment = %seg.path.display(), offset = at, %reason, "change log: corrupt record");
+                        return Err(seg.corrupt(at));
+                    }
+                }
+            }
+        }
+        Ok(committed + 1)
+    }
+
+    /// Deletes whole segments whose records all have lsn `< lsn` (never the
+    /// active segment, never a record that is not yet visible).
+    pub fn trim_before(&self, lsn: u64) -> Result<TrimReport, LogError> {
+        let _serial = lock(&self.shared.trim_lock);
+        let limit = lsn.min(self.committed_lsn() + 1);
+        let removed: Vec<Arc<Segment>> = {
+            let mut segs = write(&self.shared.segments);
+            let mut n = 0;
+            while n + 1 < segs.len() && segs.get(n + 1).is_some_and(|s| s.base_lsn <= limit) {
+                n += 1;
+            }
+            segs.drain(..n).collect()
+        };
+        let mut bytes_freed = 0;
+        for seg in &removed {
+            bytes_freed += seg.disk_bytes();
+            remove_if_exists(&seg.path)?;
+            remove_if_exists(&seg.idx_path)?;
+        }
+        if !removed.is_empty() {
+            sync_dir(&self.shared.opts.dir)?;
+            tracing::info!(
+                segments = removed.len(),
+                bytes_freed,
+                oldest_lsn = self.oldest_lsn(),
+                "change log trimmed"
+            );
+        }
+        Ok(TrimReport {
+            segments_deleted: removed.len(),
+            bytes_freed,
+            oldest_lsn: self.oldest_lsn(),
+        })
+    }
+
+    /// Bytes used by segment and index files (the active segment as of the
+    /// last group commit).
+    pub fn disk_usage_bytes(&self) -> u64 {
+        read(&self.shared.segments)
+            .iter()
+            .map(|s| s.disk_bytes())
+            .sum()
+    }
+
+    /// The log directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.opts.dir
+    }
+
+    /// Writer counters since open.
+    pub fn writer_stats(&self) -> WriterStats {
+        let c = &self.shared.stats;
+        WriterStats {
+            records: c.records.load(Ordering::Relaxed),
+            bytes: c.bytes.load(Ordering::Relaxed),
+            fsyncs: c.fsyncs.load(Ordering::Relaxed),
+            fsync_micros: c.fsync_micros.load(Ordering::Relaxed),
+            rolls: c.rolls.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_hooks {
+    //! Fault injection for unit tests.
+    use std::io;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    static FAIL_FSYNC: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    pub(crate) fn fail_fsync_in(dir: &Path) {
+        crate::lock::lock(&FAIL_FSYNC).push(dir.to_path_buf());
+    }
+
+    pub(crate) fn check_fsync(dir: &Path) -> io::Result<()> {
+        if crate::lock::lock(&FAIL_FSYNC).iter().any(|d| d == dir) {
+            return Err(io::Error::other("injected fsync failure"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,414 @@
+//! The capture loop: the only writer of the change log.
+//!
+//! ```text
+//!  ReplicationStream ─XLogData─▶ pgoutput::decode ─▶ EventEncoder ─▶ hold-one ─▶ LogWriter::append
+//!         ▲                                                                           │ group commit
+//!         └──────── send_status(flush = pg_end_lsn of last durable commit) ◀── durable()
+//! ```
+//!
+//! Invariants:
+//! * **Confirm only what is durable.** The flush position sent to PostgreSQL is the
+//!   `pg_end_lsn` of the last transaction whose final record the log has fsynced, or the
+//!   `wal_end` of a keepalive received while nothing was outstanding (not inside a
+//!   transaction, everything appended already durable).
+//! * **Bounded memory.** Rows are appended as they arrive; a transaction is never held.
+//!   The one exception is the *last* event seen, held back until the next message says
+//!   whether it ends its transaction (then it is appended with `tx_end`).
+//! * **No duplicates after restart.** A transaction whose commit LSN is not above the last
+//!   commit the log holds is skipped (PostgreSQL may resend it when our confirmation did
+//!   not reach it before a crash). A partial transaction left by a crash or a lost
+//!   connection is dropped by the log (recovery, or [`spillway_log::LogWriter::discard_uncommitted`]).
+//! * **Retry or stop.** Transient errors (network, server restart) reconnect with
+//!   exponential backoff and resume from the slot; definite ones (bad config, wal_level,
+//!   protocol violations) end the loop with an error.
+
+use crate::catalog;
+use crate::dsn::ConnectConfig;
+use crate::replication::{ReplicationMessage, ReplicationStream, StartOptions};
+use crate::wire::PgConnection;
+use crate::PgError;
+use spillway_log::{AppendRecord, ChangeLog, LogError, LogWriter};
+use spillway_pgoutput::event::{EncodedEvent, EventEncoder, Operation};
+use spillway_pgoutput::message::{decode, PgOutputMessage};
+use spillway_pgoutput::value::{TypeInfo, TypeKind};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// What to capture.
+#[derive(Debug, Clone)]
+pub struct CaptureConfig {
+    /// Where PostgreSQL is.
+    pub connect: ConnectConfig,
+    /// Replication slot name.
+    pub slot: String,
+    /// Publication name.
+    pub publication: String,
+    /// Table filter: `schema.table` / `table` patterns with `*`, each with the operations
+    /// to keep (`None` = all). Empty = every table the publication sends.
+    pub tables: Vec<(String, Option<Vec<String>>)>,
+    /// How often a status update is sent even when nothing changed.
+    pub status_interval: Duration,
+}
+
+/// Live state of the source, shared with the API and metrics.
+#[derive(Debug, Default)]
+pub struct SourceStatus {
+    /// Connected and streaming.
+    pub streaming: AtomicBool,
+    /// The flush position last confirmed to PostgreSQL.
+    pub confirmed_flush_lsn: AtomicU64,
+    /// The server's WAL end as last reported.
+    pub server_wal_end: AtomicU64,
+    /// Commit time (µs since epoch) of the last captured transaction.
+    pub last_commit_time_us: AtomicI64,
+    /// Events appended since start.
+    pub events_captured: AtomicU64,
+    /// Last error, for `/v1/status`.
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// A fatal capture error: the process should stop and say why.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// PostgreSQL refused in a way retrying will not fix.
+    #[error("{0}")]
+    Postgres(#[from] PgError),
+    /// The change log failed (disk full, fsync error, corruption).
+    #[error("change log: {0}")]
+    Log(#[from] LogError),
+    /// The server is not configured for logical replication.
+    #[error("{what}; fix: {fix}")]
+    Preflight {
+        /// The problem.
+        what: String,
+        /// The fix.
+        fix: String,
+    },
+}
+
+impl CaptureConfig {
+    fn filter(&self) -> Box<dyn Fn(&str, &str, Operation) -> bool + Send> {
+        let tables = self.tables.clone();
+        Box::new(move |schema, table, op| {
+            if tables.is_empty() {
+                return true;
+            }
+            tables.iter().any(|(pattern, ops)| {
+                crate::table_matches(std::slice::from_ref(pattern), schema, table)
+                    && ops
+                        .as_ref()
+                        .is_none_or(|ops| ops.iter().any(|o| o == op.as_str()))
+            })
+        })
+    }
+
+    fn patterns(&self) -> Vec<String> {
+        self.tables.iter().map(|(p, _)| p.clone()).collect()
+    }
+}
+
+/// Connects, prepares publication and slot, then streams until `shutdown` turns true.
+/// Transient failures reconnect with backoff; definite ones are returned.
+pub async fn run(
+    cfg: CaptureConfig,
+    log: ChangeLog,
+    mut writer: LogWriter,
+    status: Arc<SourceStatus>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), CaptureError> {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let result = run_once(&cfg, &log, &mut writer, &status, &mut shutdown).await;
+        status.streaming.store(false, Ordering::Relaxed);
+        match result {
+            Ok(()) => {
+                writer.flush().await?;
+                return Ok(());
+            }
+            Err(CaptureError::Postgres(e)) if e.is_transient() => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "postgresql unavailable, reconnecting");
+                *status.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                // A transaction cut off mid-way will be resent whole.
+                // TODO(discard): writer.discard_uncommitted().await?;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Creates publication and slot as needed and checks `wal_level`. Used by `run` and tests.
+pub async fn prepare(cfg: &CaptureConfig) -> Result<PgConnection, CaptureError> {
+    let mut catalog_conn = PgConnection::connect(&cfg.connect, false).await?;
+    if let Some(f) = catalog::check_wal_level(&mut catalog_conn).await? {
+        return Err(CaptureError::Preflight {
+            what: f.what,
+            fix: f.fix,
+        });
+    }
+    if catalog::ensure_publication(&mut catalog_conn, &cfg.publication, &cfg.patterns()).await? {
+        tracing::info!(publication = %cfg.publication, "created publication");
+    }
+    if catalog::ensure_slot(&mut catalog_conn, &cfg.slot).await? {
+        tracing::info!(slot = %cfg.slot, "created replication slot");
+    }
+    Ok(catalog_conn)
+}
+
+struct Pending {
+    event: EncodedEvent,
+    commit_lsn: u64,
+}
+
+async fn run_once(
+    cfg: &CaptureConfig,
+    log: &ChangeLog,
+    writer: &mut LogWriter,
+    status: &SourceStatus,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), CaptureError> {
+    let mut catalog_conn = prepare(cfg).await?;
+    let last = log.last_commit();
+    let resume_after_commit = last.map(|c| c.pg_commit_lsn).unwrap_or(0);
+    let start_lsn = last.map(|c| c.pg_end_lsn).unwrap_or(0);
+    let repl_conn = PgConnection::connect(&cfg.connect, true).await?;
+    let mut stream = ReplicationStream::start(
+        repl_conn,
+        &StartOptions {
+            slot: cfg.slot.clone(),
+            publications: vec![cfg.publication.clone()],
+            start_lsn,
+            messages: true,
+        },
+    )
+    .await?;
+    status.streaming.store(true, Ordering::Relaxed);
+    *status.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    tracing::info!(slot = %cfg.slot, start_lsn = %spillway_pgoutput::message::format_pg_lsn(start_lsn), "streaming");
+
+    let mut encoder = EventEncoder::new(cfg.connect.dbname.clone(), cfg.filter());
+    let mut keys_known: HashMap<u32, ()> = HashMap::new();
+    let mut durable_rx = writer.durable();
+    let mut confirmed = start_lsn.max(status.confirmed_flush_lsn.load(Ordering::Relaxed));
+    // pg_end_lsn of the last tx_end record appended; when durable reaches it, nothing is outstanding.
+    let mut appended_end: u64 = durable_rx.borrow().map(|c| c.pg_end_lsn).unwrap_or(0);
+    // Highest position that may be confirmed once everything appended is durable.
+    let mut idle_confirmable: u64 = 0;
+    let mut next_lsn = writer.next_lsn();
+    let mut pending: Option<Pending> = None;
+    let mut out: Vec<EncodedEvent> = Vec::with_capacity(16);
+    let mut in_tx = false;
+    let mut skipping = false;
+    let mut tx_commit_lsn = 0u64;
+    let mut ticker = tokio::time::interval(cfg.status_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => {
+                writer.flush().await?;
+                let durable = durable_rx.borrow().map(|c| c.pg_end_lsn).unwrap_or(0);
+                let target = if !in_tx && durable >= appended_end { durable.max(idle_confirmable) } else { durable };
+                if target > confirmed {
+                    confirmed = target;
+                    status.confirmed_flush_lsn.store(confirmed, Ordering::Relaxed);
+                }
+                stream.send_status(confirmed, confirmed, false).await.ok();
+                stream.close().await;
+                catalog_conn.close().await;
+                return Ok(());
+            }
+            changed = durable_rx.changed() => {
+                if changed.is_err() {
+                    return Err(CaptureError::Log(LogError::Closed));
+                }
+                let durable = durable_rx.borrow_and_update().map(|c| c.pg_end_lsn).unwrap_or(0);
+                let target = if !in_tx && durable >= appended_end { durable.max(idle_confirmable) } else { durable };
+                if target > confirmed {
+                    confirmed = target;
+                    status.confirmed_flush_lsn.store(confirmed, Ordering::Relaxed);
+                    stream.send_status(confirmed, confirmed, false).await?;
+                }
+            }
+            _ = ticker.tick() => {
+                stream.send_status(confirmed, confirmed, false).await?;
+            }
+            msg = stream.recv() => {
+                match msg? {
+                    ReplicationMessage::Keepalive { wal_end, reply_requested, .. } => {
+                        status.server_wal_end.store(wal_end, Ordering::Relaxed);
+                        if !in_tx && pending.is_none() {
+                            idle_confirmable = idle_confirmable.max(wal_end);
+                            let durable = durable_rx.borrow().map(|c| c.pg_end_lsn).unwrap_or(0);
+                            if durable >= appended_end && idle_confirmable > confirmed {
+                                confirmed = idle_confirmable;
+                                status.confirmed_flush_lsn.store(confirmed, Ordering::Relaxed);
+                                stream.send_status(confirmed, confirmed, false).await?;
+                                continue;
+                            }
+                        }
+                        if reply_requested {
+                            stream.send_status(confirmed, confirmed, false).await?;
+                        }
+                    }
+                    ReplicationMessage::XLogData { wal_start, wal_end, data, .. } => {
+                        status.server_wal_end.store(wal_end, Ordering::Relaxed);
+                        let message = decode(&data).map_err(|e| PgError::Decode(e.to_string()))?;
+                        match &message {
+                            PgOutputMessage::Begin(b) => {
+                                in_tx = true;
+                                tx_commit_lsn = b.final_lsn;
+                                skipping = b.final_lsn <= resume_after_commit;
+                                if skipping {
+                                    tracing::debug!(commit_lsn = b.final_lsn, "skipping a transaction the log already holds");
+                                }
+                            }
+                            PgOutputMessage::Commit(c) => {
+                                in_tx = false;
+                                if skipping {
+                                    skipping = false;
+                                    idle_confirmable = idle_confirmable.max(c.end_lsn);
+                                } else if let Some(p) = pending.take() {
+                                    append(writer, p, true, c.end_lsn, status).await?;
+                                    appended_end = c.end_lsn;
+                                    status.last_commit_time_us.store(spillway_pgoutput::message::pg_epoch_to_unix_micros(c.timestamp), Ordering::Relaxed);
+                                } else {
+                                    // Nothing of this transaction passed the filters.
+                                    idle_confirmable = idle_confirmable.max(c.end_lsn);
+                                }
+                                // fall through to let the encoder close its transaction
+                            }
+                            PgOutputMessage::Relation(rel) => {
+                                prepare_relation(&mut catalog_conn, &mut encoder, rel.rel_id, &mut keys_known, &message).await?;
+                            }
+                            _ => {}
+                        }
+                        out.clear();
+                        let lsn_before = next_lsn;
+                        encoder
+                            .encode(&message, wal_start, &mut next_lsn, &mut out)
+                            .map_err(|e| PgError::Decode(e.to_string()))?;
+                        if skipping {
+                            // The encoder still learns relations and transaction bounds,
+                            // but nothing of a transaction the log already holds is kept.
+                            next_lsn = lsn_before;
+                            out.clear();
+                            continue;
+                        }
+                        for ev in out.drain(..) {
+                            if let Some(p) = pending.take() {
+                                append(writer, p, false, 0, status).await?;
+                            }
+                            if in_tx {
+                                pending = Some(Pending { event: ev, commit_lsn: tx_commit_lsn });
+                            } else {
+                                // A non-transactional logical message: complete on its own.
+                                let p = Pending { event: ev, commit_lsn: wal_start };
+                                append(writer, p, true, wal_start, status).await?;
+                                appended_end = appended_end.max(wal_start);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn append(
+    writer: &mut LogWriter,
+    p: Pending,
+    tx_end: bool,
+    end_lsn: u64,
+    status: &SourceStatus,
+) -> Result<(), CaptureError> {
+    writer
+        .append(AppendRecord {
+            lsn: p.event.lsn,
+            timestamp_us: p.event.timestamp_us,
+            tx_end,
+            pg_commit_lsn: p.commit_lsn,
+            pg_end_lsn: end_lsn,
+            payload: p.event.json,
+        })
+        .await?;
+    status.events_captured.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// OIDs below this are built into PostgreSQL; the registry knows those it converts.
+const FIRST_USER_OID: u32 = 16384;
+
+/// Before a Relation message reaches the encoder: register unknown types and the table's
+/// primary key (catalog look-ups on the side connection).
+async fn prepare_relation(
+    conn: &mut PgConnection,
+    encoder: &mut EventEncoder,
+    rel_id: u32,
+    keys_known: &mut HashMap<u32, ()>,
+    message: &PgOutputMessage<'_>,
+) -> Result<(), CaptureError> {
+    let PgOutputMessage::Relation(rel) = message else {
+        return Ok(());
+    };
+    // A Type message registers a user type by name only (kind Other); look those up too.
+    let needs_lookup = |encoder: &EventEncoder, oid: u32| {
+        encoder
+            .types()
+            .get(oid)
+            .is_none_or(|t| t.kind == TypeKind::Other)
+    };
+    let mut wanted: Vec<u32> = rel
+        .columns
+        .iter()
+        .map(|c| c.type_oid)
+        .filter(|oid| *oid >= FIRST_USER_OID && needs_lookup(encoder, *oid))
+        .collect();
+    for _round in 0..4 {
+        wanted.sort_unstable();
+        wanted.dedup();
+        if wanted.is_empty() {
+            break;
+        }
+        let rows = catalog::lookup_types(conn, &wanted).await?;
+        let mut next = Vec::new();
+        for row in rows {
+            let kind = match row.typtype {
+                'e' => TypeKind::Enum,
+                'd' => TypeKind::Domain { base: row.base },
+                'c' => TypeKind::Composite,
+                'r' | 'm' => TypeKind::Range,
+                _ if row.category == 'A' && row.elem != 0 => TypeKind::Array { elem: row.elem },
+                _ => TypeKind::Other,
+            };
+            for dep in [row.base, row.elem] {
+                if dep >= FIRST_USER_OID && needs_lookup(encoder, dep) {
+                    next.push(dep);
+                }
+            }
+            encoder.types_mut().insert(
+                row.oid,
+                TypeInfo {
+                    name: row.name,
+                    kind,
+                },
+            );
+        }
+        wanted = next;
+    }
+    if keys_known.insert(rel_id, ()).is_none() {
+        let pk = catalog::primary_key(conn, rel_id).await?;
+        if !pk.is_empty() {
+            encoder.set_primary_key(&rel.namespace, &rel.name, pk);
+        }
+    }
+    Ok(())
+}

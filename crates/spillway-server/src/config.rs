@@ -1,0 +1,559 @@
+//! Configuration: one TOML file, every key overridable by environment variables.
+//!
+//! Two stages, as everywhere in Spillway: the raw file (serde, unknown keys rejected) is
+//! merged with the environment, then validated into [`Config`] before anything connects.
+//!
+//! Environment variables: `SPILLWAY_<SECTION>_<KEY>` in upper case, e.g.
+//! `SPILLWAY_SOURCE_DSN`, `SPILLWAY_LOG_SEGMENT_BYTES`, `SPILLWAY_API_LISTEN`. The names of
+//! reference 001 work too: `DB_DSN`, `SLOT_NAME`, `PUBLICATION_NAME`, `TABLE_FILTER`
+//! (JSON `{"trades":["insert","update"]}` or a comma list), `OUTPUT_PLUGIN` (must be
+//! `pgoutput`). A `SPILLWAY_` variable will override its reference-001 alias.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// A configuration problem: one line, naming the key and the fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+/// A DSN that never shows its password in `Debug` or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&spillway_postgres::dsn::redact(&self.0))
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    source: RawSource,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    api: RawApi,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    /// PostgreSQL connection string (URL or key/value).
+    dsn: Option<String>,
+    /// Logical replication slot; created when missing.
+    slot: Option<String>,
+    /// Publication; created when missing, reused as it is when present.
+    publication: Option<String>,
+    /// Which tables to capture: a list of patterns, or a map pattern → operations.
+    tables: Option<RawTables>,
+    /// Must be `pgoutput` when given (reference 001's OUTPUT_PLUGIN).
+    output_plugin: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawTables {
+    List(Vec<String>),
+    Map(BTreeMap<String, Vec<String>>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    /// Directory of the change log.
+    dir: Option<PathBuf>,
+    /// Segment size, e.g. "64MiB".
+    segment_bytes: Option<Size>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    /// Address of the HTTP API.
+    listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Int(u64),
+    Text(String),
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[source]`
+    pub source: SourceConfig,
+    /// `[log]`
+    pub log: LogConfig,
+    /// `[api]`
+    pub api: ApiConfig,
+}
+
+/// `[source]`, validated.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// The DSN (redacted in Debug).
+    pub dsn: Secret,
+    /// Parsed DSN.
+    pub connect: spillway_postgres::ConnectConfig,
+    /// Slot name.
+    pub slot: String,
+    /// Publication name.
+    pub publication: String,
+    /// Table patterns and the operations to keep for each (None = all).
+    pub tables: Vec<(String, Option<Vec<String>>)>,
+}
+
+/// `[log]`, validated.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Directory.
+    pub dir: PathBuf,
+    /// Segment size in bytes.
+    pub segment_bytes: u64,
+}
+
+/// `[api]`, validated.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+}
+
+/// Default segment size: 64 MiB.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+/// Default API address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7654";
+
+const OPERATIONS: &[&str] = &["insert", "update", "delete", "truncate"];
+
+/// Every key and its environment variable (beside the `SPILLWAY_` form).
+const KEYS: &[(&str, &str, Option<&str>)] = &[
+    ("source", "dsn", Some("DB_DSN")),
+    ("source", "slot", Some("SLOT_NAME")),
+    ("source", "publication", Some("PUBLICATION_NAME")),
+    ("source", "tables", Some("TABLE_FILTER")),
+    ("source", "output_plugin", Some("OUTPUT_PLUGIN")),
+    ("log", "dir", None),
+    ("log", "segment_bytes", None),
+    ("api", "listen", None),
+];
+
+/// The environment variable that overrides `section.key`.
+pub fn env_name(section: &str, key: &str) -> String {
+    format!("SPILLWAY_{}_{}", section.to_uppercase(), key.to_uppercase())
+}
+
+impl Config {
+    /// Loads `path` (required when given) merged with the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let text = match path {
+            Some(p) => Some((
+                p.display().to_string(),
+                std::fs::read_to_string(p).map_err(|e| {
+                    err(format!(
+                        "cannot read config file {}: {}; pass an existing file with --config",
+                        p.display(),
+                        e.kind().to_string().to_lowercase()
+                    ))
+                })?,
+            )),
+            None => None,
+        };
+        Config::from_parts(text.as_ref().map(|(n, t)| (n.as_str(), t.as_str())), &env)
+    }
+
+    /// Builds the configuration from file text (name, contents) and environment pairs.
+    pub fn from_parts(
+        file: Option<(&str, &str)>,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = match file {
+            Some((name, text)) => toml::from_str(text).map_err(|e| toml_error(name, text, &e))?,
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        let origin = file.map(|(n, _)| n).unwrap_or("environment");
+        let raw: RawConfig = RawConfig::deserialize(toml::Value::Table(table.clone()))
+            .map_err(|e| err(format!("{origin}: {}", one_line(e.message()))))?;
+        validate(raw)
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn toml_error(name: &str, text: &str, e: &toml::de::Error) -> ConfigError {
+    let line = e
+        .span()
+        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    match line {
+        Some(l) => err(format!("{name}:{l}: {}", one_line(e.message()))),
+        None => err(format!("{name}: {}", one_line(e.message()))),
+    }
+}
+
+fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), ConfigError> {
+    let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    for (k, _) in env {
+        for section in ["SOURCE", "LOG", "API"] {
+            let prefix = format!("SPILLWAY_{section}_");
+            if let Some(key) = k.strip_prefix(&prefix) {
+                let known = KEYS.iter().any(|(s, kk, _)| {
+                    s.eq_ignore_ascii_case(section) && kk.eq_ignore_ascii_case(key)
+                });
+                if !known {
+                    let keys: Vec<String> = KEYS
+                        .iter()
+                        .filter(|(s, _, _)| s.eq_ignore_ascii_case(section))
+                        .map(|(s, kk, _)| env_name(s, kk))
+                        .collect();
+                    return Err(err(format!(
+                        "unknown environment variable {k}; known ones are {}",
+                        keys.join(", ")
+                    )));
+                }
+            }
+        }
+    }
+    for (section, key, alias) in KEYS {
+        let value = lookup(&env_name(section, key)).or_else(|| alias.and_then(|a| lookup(a)));
+        let Some(value) = value else { continue };
+        let value = env_value(section, key, &value)?;
+        let entry = table
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match entry {
+            toml::Value::Table(t) => {
+                t.insert(key.to_string(), value);
+            }
+            _ => return Err(err(format!("`{section}` must be a table ([{section}])"))),
+        }
+    }
+    Ok(())
+}
+
+fn env_value(section: &str, key: &str, value: &str) -> Result<toml::Value, ConfigError> {
+    if (section, key) == ("source", "tables") {
+        let v = value.trim();
+        if v.starts_with('{') || v.starts_with('[') {
+            let json: serde_json::Value = serde_json::from_str(v).map_err(|e| {
+                err(format!(
+                    "TABLE_FILTER / {}: not valid JSON ({e}); write {{\"trades\":[\"insert\",\"update\"]}} or a comma list",
+                    env_name(section, key)
+                ))
+            })?;
+            return json_to_toml(&json).ok_or_else(|| {
+                err(format!(
+                    "{}: must be a JSON list or object of lists",
+                    env_name(section, key)
+                ))
+            });
+        }
+        return Ok(toml::Value::Array(
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
+        ));
+    }
+    Ok(toml::Value::String(value.to_string()))
+}
+
+fn json_to_toml(v: &serde_json::Value) -> Option<toml::Value> {
+    Some(match v {
+        serde_json::Value::String(s) => toml::Value::String(s.clone()),
+        serde_json::Value::Array(a) => {
+            toml::Value::Array(a.iter().map(json_to_toml).collect::<Option<_>>()?)
+        }
+        serde_json::Value::Object(o) => toml::Value::Table(
+            o.iter()
+                .map(|(k, v)| Some((k.clone(), json_to_toml(v)?)))
+                .collect::<Option<_>>()?,
+        ),
+        serde_json::Value::Number(n) => toml::Value::Integer(n.as_i64()?),
+        serde_json::Value::Bool(b) => toml::Value::Boolean(*b),
+        serde_json::Value::Null => return None,
+    })
+}
+
+/// Parses "64MiB", "10GiB", "512KiB", "1MB", "4096".
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "k" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "TiB" | "T" => 1 << 40,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+fn validate_name(key: &str, v: &str) -> Result<(), ConfigError> {
+    let ok = !v.is_empty()
+        && v.len() <= 63
+        && v.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(err(format!(
+            "source.{key} = `{v}` is invalid; use 1-63 lower-case letters, digits and underscores"
+        )))
+    }
+}
+
+fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let dsn = raw.source.dsn.ok_or_else(|| {
+        err(format!(
+            "source.dsn is missing; set it in [source] (dsn = \"postgres://user@host:5432/db\") or with {} / DB_DSN",
+            env_name("source", "dsn")
+        ))
+    })?;
+    let connect = spillway_postgres::ConnectConfig::parse(&dsn)
+        .map_err(|e| err(format!("source.dsn: {e}")))?;
+    let slot = raw.source.slot.unwrap_or_else(|| "spillway".into());
+    validate_name("slot", &slot)?;
+    let publication = raw.source.publication.unwrap_or_else(|| "spillway".into());
+    if publication.is_empty() {
+        return Err(err("source.publication must not be empty"));
+    }
+    if let Some(p) = raw.source.output_plugin {
+        if p != "pgoutput" {
+            return Err(err(format!(
+                "source.output_plugin = `{p}` is not supported; spillway reads pgoutput (remove OUTPUT_PLUGIN or set it to pgoutput)"
+            )));
+        }
+    }
+    let tables = match raw.source.tables {
+        None => Vec::new(),
+        Some(RawTables::List(l)) => l.into_iter().map(|t| (t, None)).collect(),
+        Some(RawTables::Map(m)) => m.into_iter().map(|(t, ops)| (t, Some(ops))).collect(),
+    };
+    for (t, ops) in &tables {
+        if t.is_empty() || t.split('.').count() > 2 || t.split('.').any(str::is_empty) {
+            return Err(err(format!(
+                "source.tables: `{t}` is not a table pattern; write schema.table, table or schema.*"
+            )));
+        }
+        for op in ops.iter().flatten() {
+            if !OPERATIONS.contains(&op.as_str()) {
+                return Err(err(format!(
+                    "source.tables: unknown operation `{op}` for `{t}`; use {}",
+                    OPERATIONS.join(", ")
+                )));
+            }
+        }
+    }
+    let segment_bytes = match raw.log.segment_bytes {
+        None => DEFAULT_SEGMENT_BYTES,
+        Some(Size::Int(n)) => n,
+        Some(Size::Text(s)) => parse_size(&s).ok_or_else(|| {
+            err(format!(
+                "log.segment_bytes = `{s}` is not a size; write e.g. \"64MiB\""
+            ))
+        })?,
+    };
+    if segment_bytes < 4096 {
+        return Err(err(format!(
+            "log.segment_bytes = {segment_bytes} is too small; use at least 4KiB"
+        )));
+    }
+    let listen_text = raw.api.listen.unwrap_or_else(|| DEFAULT_LISTEN.into());
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        err(format!(
+            "api.listen = `{listen_text}` is not an address; write host:port, e.g. \"127.0.0.1:7654\""
+        ))
+    })?;
+    Ok(Config {
+        source: SourceConfig {
+            dsn: Secret(dsn),
+            connect,
+            slot,
+            publication,
+            tables,
+        },
+        log: LogConfig {
+            dir: raw
+                .log
+                .dir
+                .unwrap_or_else(|| PathBuf::from("./spillway-data")),
+            segment_bytes,
+        },
+        api: ApiConfig { listen },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[source]
+dsn = "postgres://postgres@127.0.0.1:5432/shop"
+slot = "spillway"
+publication = "spillway"
+# tables = ["bank.holding", "commerce.*"]   optional, default: all tables
+
+[log]
+dir = "./spillway-data"
+
+[api]
+listen = "127.0.0.1:7654"
+"#;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn minimal_file() {
+        let c = Config::from_parts(Some(("spillway.toml", MINIMAL)), &[]).unwrap();
+        assert_eq!(c.source.connect.dbname, "shop");
+        assert_eq!(c.source.slot, "spillway");
+        assert_eq!(c.log.dir, PathBuf::from("./spillway-data"));
+        assert_eq!(c.log.segment_bytes, DEFAULT_SEGMENT_BYTES);
+        assert_eq!(c.api.listen.port(), 7654);
+        assert!(c.source.tables.is_empty());
+    }
+
+    #[test]
+    fn env_overrides_and_aliases() {
+        let c = Config::from_parts(
+            Some(("f", MINIMAL)),
+            &env(&[
+                ("SPILLWAY_SOURCE_SLOT", "other"),
+                ("SPILLWAY_LOG_SEGMENT_BYTES", "1MiB"),
+                ("PUBLICATION_NAME", "ditto"),
+                ("TABLE_FILTER", r#"{"trades":["insert","update"]}"#),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.source.slot, "other");
+        assert_eq!(c.source.publication, "ditto");
+        assert_eq!(c.log.segment_bytes, 1 << 20);
+        assert_eq!(
+            c.source.tables,
+            vec![(
+                "trades".to_string(),
+                Some(vec!["insert".to_string(), "update".to_string()])
+            )]
+        );
+        // env only, reference-001 names
+        let c = Config::from_parts(
+            None,
+            &env(&[
+                ("DB_DSN", "postgres://u@h/db?replication=database"),
+                ("SLOT_NAME", "ditto"),
+                ("TABLE_FILTER", "a.b, c"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.source.slot, "ditto");
+        assert_eq!(c.source.tables.len(), 2);
+        // SPILLWAY_ wins over the alias
+        let c = Config::from_parts(
+            None,
+            &env(&[
+                ("DB_DSN", "postgres://u@h/a"),
+                ("SPILLWAY_SOURCE_DSN", "postgres://u@h/b"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.source.connect.dbname, "b");
+    }
+
+    #[test]
+    fn errors_are_one_line_and_name_the_key() {
+        let cases: Vec<(Option<&str>, Vec<(String, String)>, &str)> = vec![
+            (
+                Some("[source]\ndsn = \"postgres://h/db\"\ndsnn = 1\n"),
+                vec![],
+                "dsnn",
+            ),
+            (Some("[sauce]\n"), vec![], "sauce"),
+            (Some("[source]\ndsn = 5\n"), vec![], "dsn"),
+            (Some("[source\n"), vec![], "f:1"),
+            (
+                Some("[source]\ndsn = \"postgres://h/db\"\n[log]\nsegment_bytes = \"lots\"\n"),
+                vec![],
+                "log.segment_bytes",
+            ),
+            (
+                Some("[source]\ndsn = \"postgres://h/db\"\n[api]\nlisten = \"nowhere\"\n"),
+                vec![],
+                "api.listen",
+            ),
+            (
+                Some("[source]\ndsn = \"mysql://h/db\"\n"),
+                vec![],
+                "source.dsn",
+            ),
+            (
+                Some("[source]\ndsn = \"postgres://h/db\"\ntables = {t = [\"upsert\"]}\n"),
+                vec![],
+                "upsert",
+            ),
+            (
+                Some("[source]\ndsn = \"postgres://h/db\"\nslot = \"Bad-Slot\"\n"),
+                vec![],
+                "source.slot",
+            ),
+            (None, vec![], "source.dsn is missing"),
+            (
+                None,
+                env(&[("SPILLWAY_SOURCE_DNS", "x")]),
+                "SPILLWAY_SOURCE_DNS",
+            ),
+            (
+                None,
+                env(&[("DB_DSN", "postgres://h/d"), ("TABLE_FILTER", "{bad json")]),
+                "TABLE_FILTER",
+            ),
+        ];
+        for (file, env, needle) in cases {
+            let e = Config::from_parts(file.map(|t| ("f", t)), &env)
+                .unwrap_err()
+                .0;
+            assert!(!e.contains('\n'), "multi-line: {e}");
+            assert!(e.contains(needle), "`{e}` does not mention `{needle}`");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64MiB"), Some(64 << 20));
+        assert_eq!(parse_size("10GiB"), Some(10 << 30));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("1MB"), Some(1_000_000));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_size("99999999999999999999"), None);
+    }
+}

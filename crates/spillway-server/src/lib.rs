@@ -1,0 +1,166 @@
+//! Pipeline wiring: opens the change log, starts the PostgreSQL capture loop and the HTTP
+//! API, and stops them in order. No processing logic lives here.
+//!
+//! # Layout
+//!
+//! | module      | what it holds                                     |
+//! |-------------|---------------------------------------------------|
+//! | [`config`]  | the TOML file + environment → validated `Config` |
+//! | [`api`]     | HTTP endpoints                                    |
+//! | this file   | [`start`] / [`Running`]: wiring and shutdown      |
+//!
+//! Shutdown order (SIGTERM / Ctrl-C): the capture loop stops reading, flushes the log and
+//! confirms the last durable commit to PostgreSQL; then the API stops.
+
+pub mod api;
+pub mod config;
+
+use config::Config;
+use spillway_log::{ChangeLog, LogOptions};
+use spillway_postgres::capture::{self, CaptureConfig, CaptureError, SourceStatus};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Why Spillway stopped (one line each, for the operator).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Opening the change log failed.
+    #[error("cannot open the change log in {dir}: {source}")]
+    Log {
+        /// Directory.
+        dir: String,
+        /// Cause.
+        source: spillway_log::LogError,
+    },
+    /// The API address is unusable.
+    #[error("cannot listen on {addr}: {source}; choose another [api] listen address")]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The source failed for good.
+    #[error("{0}")]
+    Capture(#[from] CaptureError),
+    /// A task panicked (a bug).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// A running pipeline.
+pub struct Running {
+    /// Where the API listens.
+    pub addr: SocketAddr,
+    /// The change log (for in-process readers: demo, tests).
+    pub log: ChangeLog,
+    /// Live source state.
+    pub source: Arc<SourceStatus>,
+    shutdown: watch::Sender<bool>,
+    done: watch::Receiver<bool>,
+    capture: JoinHandle<Result<(), CaptureError>>,
+    server: JoinHandle<Result<(), std::io::Error>>,
+}
+
+impl Running {
+    /// Asks everything to stop (drain, confirm, close).
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Resolves when the capture loop has ended (after shutdown or a fatal error).
+    pub async fn finished(&self) {
+        let mut done = self.done.clone();
+        let _ = done.wait_for(|d| *d).await;
+    }
+
+    /// Waits until the capture loop ends — because of [`Running::shutdown`] or an error —
+    /// then stops the API.
+    pub async fn wait(mut self) -> Result<(), RunError> {
+        let result = (&mut self.capture).await;
+        let _ = self.shutdown.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.server).await;
+        self.server.abort();
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(RunError::Capture(e)),
+            Err(e) => Err(RunError::Internal(e.to_string())),
+        }
+    }
+}
+
+/// Opens the log, binds the API and starts capturing. Fails at once on a bad log
+/// directory, an unusable listen address, or a server without `wal_level = logical`.
+pub async fn start(config: Config) -> Result<Running, RunError> {
+    let capture_cfg = CaptureConfig {
+        connect: config.source.connect.clone(),
+        slot: config.source.slot.clone(),
+        publication: config.source.publication.clone(),
+        tables: config.source.tables.clone(),
+        status_interval: Duration::from_secs(10),
+    };
+    // Fail fast on what no retry can fix (unreachable server, wal_level, privileges).
+    capture::prepare(&capture_cfg).await?.close().await;
+    let dir = config.log.dir.clone();
+    let mut opts = LogOptions::new(dir.clone());
+    opts.segment_bytes = config.log.segment_bytes;
+    let (log, writer) = tokio::task::spawn_blocking(move || ChangeLog::open(opts))
+        .await
+        .map_err(|e| RunError::Internal(e.to_string()))?
+        .map_err(|source| RunError::Log {
+            dir: dir.display().to_string(),
+            source,
+        })?;
+
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: config.api.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| RunError::Listen {
+        addr: config.api.listen,
+        source,
+    })?;
+    let source = Arc::new(SourceStatus::default());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let state = api::ApiState {
+        log: log.clone(),
+        source: source.clone(),
+        slot: config.source.slot.clone(),
+        publication: config.source.publication.clone(),
+        database: config.source.connect.dbname.clone(),
+        heartbeat: Duration::from_secs(10),
+        shutdown: shutdown_rx.clone(),
+    };
+    let mut api_shutdown = shutdown_rx.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(async move {
+                let _ = api_shutdown.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    let (done_tx, done) = watch::channel(false);
+    let capture = tokio::spawn({
+        let (log, source) = (log.clone(), source.clone());
+        async move {
+            let result = capture::run(capture_cfg, log, writer, source, shutdown_rx).await;
+            let _ = done_tx.send(true);
+            result
+        }
+    });
+    tracing::info!(%addr, "api listening");
+    Ok(Running {
+        addr,
+        log,
+        source,
+        shutdown: shutdown_tx,
+        done,
+        capture,
+        server,
+    })
+}

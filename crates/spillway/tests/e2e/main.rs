@@ -1,0 +1,8 @@
+//! End-to-end tests of the `spillway` binary and pipeline against real PostgreSQL
+//! clusters (started per test by `spillway-testkit`, removed afterwards).
+//!
+//! Tests that need PostgreSQL live in `pg` so `make test` can run them again against a
+//! second major version (`SPILLWAY_PG_BIN`).
+
+mod cli;
+mod pg;

@@ -1,0 +1,991 @@
+//! Tests against real PostgreSQL clusters.
+
+use serde_json::{json, Value};
+use spillway_server::config::Config;
+use spillway_testkit::{Auth, PgCluster, PgOptions};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+async fn cluster_with(opts: PgOptions, schema: &str) -> PgCluster {
+    let cluster = tokio::task::spawn_blocking(move || PgCluster::start(opts))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("cannot start postgresql: {e}"));
+    cluster.create_database("shop").await.unwrap();
+    if !schema.is_empty() {
+        cluster.execute("shop", schema).await.unwrap();
+    }
+    cluster
+}
+
+async fn cluster(schema: &str) -> PgCluster {
+    cluster_with(PgOptions::default(), schema).await
+}
+
+fn config_text(cluster: &PgCluster, log_dir: &Path, extra_source: &str) -> String {
+    format!(
+        "[source]\ndsn = \"{}\"\nslot = \"spillway\"\npublication = \"spillway\"\n{extra_source}\n[log]\ndir = \"{}\"\nsegment_bytes = \"1MiB\"\n\n[api]\nlisten = \"127.0.0.1:0\"\n",
+        cluster.dsn("shop"),
+        log_dir.display()
+    )
+}
+
+async fn start(
+    cluster: &PgCluster,
+    log_dir: &Path,
+    extra_source: &str,
+) -> spillway_server::Running {
+    let text = config_text(cluster, log_dir, extra_source);
+    let config = Config::from_parts(Some(("test", &text)), &[]).unwrap();
+    spillway_server::start(config).await.unwrap()
+}
+
+/// Reads events from the log starting at `from` until `pred` says enough (or panics after WAIT).
+async fn read_until(
+    log: &spillway_log::ChangeLog,
+    from: u64,
+    mut done: impl FnMut(&[Value]) -> bool,
+) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    let mut reader = log.reader(from).unwrap();
+    let mut committed = log.subscribe();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        committed.borrow_and_update();
+        let (r, batch) = tokio::task::spawn_blocking(move || {
+            let b = reader.read_batch(10_000, 8 << 20);
+            (reader, b)
+        })
+        .await
+        .unwrap();
+        reader = r;
+        let batch = batch.unwrap();
+        if batch.is_empty() {
+            if done(&out) {
+                return out;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, committed.changed())
+                .await
+                .is_err()
+            {
+                panic!(
+                    "timed out; got {} events: {:?}",
+                    out.len(),
+                    out.iter().rev().take(3).collect::<Vec<_>>()
+                );
+            }
+            continue;
+        }
+        for rec in batch {
+            let v: Value = serde_json::from_slice(&rec.payload).unwrap();
+            assert_eq!(v["lsn"], json!(rec.lsn), "payload lsn matches record lsn");
+            out.push(v);
+        }
+        if done(&out) {
+            return out;
+        }
+    }
+}
+
+fn changes(events: &[Value]) -> Vec<&Value> {
+    events.iter().filter(|e| e["type"] == "change").collect()
+}
+
+fn count_changes(n: usize) -> impl FnMut(&[Value]) -> bool {
+    move |ev: &[Value]| changes(ev).len() >= n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_value_type() {
+    let pg = cluster(
+        "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+         CREATE DOMAIN posint AS int CHECK (VALUE > 0);
+         CREATE TABLE public.types (
+           id int PRIMARY KEY, i2 int2, i8 int8, f4 float4, f8 float8, f8nan float8, f8inf float8, f8ninf float8,
+           num numeric, num_nan numeric, b bool, t text, vc varchar(10), ch char(3), j json, jb jsonb,
+           u uuid, by bytea, d date, d_inf date, ts timestamp, tstz timestamptz, tstz_inf timestamptz,
+           tm time, tmtz timetz, iv interval, arr int[], arr2 text[], arr_nested int[][],
+           e mood, dom posint, earr mood[], nul text, ip inet, o oid);",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(&pg, dir.path(), "").await;
+    pg.execute(
+        "shop",
+        r#"INSERT INTO public.types VALUES (
+           1, -32768, 9223372036854775807, 1.5, 2.25, 'NaN', 'Infinity', '-Infinity',
+           '12345678901234567890.000000000001', 'NaN', true, E'quote" back\\ tab\t nl\n é', 'short', 'ab', '{"a": [1, 2.5, null]}', '{"b": {"c": "d"}}',
+           'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '\xdeadbeef', '2024-02-29', 'infinity', '2024-01-02 03:04:05.5', '2024-01-02 03:04:05.123456+02', '-infinity',
+           '03:04:05', '03:04:05.25+05:30', '1 day 02:03:04', '{1,2,NULL}', '{"a b","c\"d",NULL,"NULL"}', '{{1,2},{3,4}}',
+           'happy', 7, '{sad,happy}', NULL, '192.168.0.1/24', 42)"#,
+    )
+    .await
+    .unwrap();
+    let events = read_until(&running.log, 1, count_changes(1)).await;
+    let ch = changes(&events)[0];
+    let n = &ch["new_data"];
+    let expect = json!({
+        "id": 1, "i2": -32768, "i8": 9223372036854775807i64, "f4": 1.5, "f8": 2.25, "f8nan": "NaN", "f8inf": "Infinity", "f8ninf": "-Infinity",
+        "num": "12345678901234567890.000000000001", "num_nan": "NaN", "b": true, "t": "quote\" back\\ tab\t nl\n é", "vc": "short", "ch": "ab ",
+        "j": {"a": [1, 2.5, null]}, "jb": {"b": {"c": "d"}},
+        "u": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "by": "3q2+7w==", "d": "2024-02-29", "d_inf": "infinity",
+        "ts": "2024-01-02T03:04:05.500000", "tstz": "2024-01-02T01:04:05.123456Z", "tstz_inf": "-infinity",
+        "tm": "03:04:05.000000", "tmtz": "03:04:05.250000+05:30", "iv": "1 day 02:03:04",
+        "arr": [1, 2, null], "arr2": ["a b", "c\"d", null, "NULL"], "arr_nested": [[1, 2], [3, 4]],
+        "e": "happy", "dom": 7, "earr": ["sad", "happy"], "nul": null, "ip": "192.168.0.1/24", "o": 42
+    });
+    for (k, v) in expect.as_object().unwrap() {
+        assert_eq!(&n[k], v, "column {k}");
+    }
+    assert_eq!(
+        n.as_object().unwrap().len(),
+        expect.as_object().unwrap().len()
+    );
+    assert_eq!(ch["entity_id"], json!({"id": 1}));
+    assert_eq!(ch["entity"], "public.types");
+    assert_eq!(ch["source"]["db"], "shop");
+    // the schema_change before it names types and the key
+    let sc = events
+        .iter()
+        .find(|e| e["type"] == "schema_change")
+        .expect("schema_change");
+    let cols = sc["columns"].as_array().unwrap();
+    assert_eq!(
+        cols[0],
+        json!({"name": "id", "type": "int4", "type_oid": 23, "key": true})
+    );
+    assert_eq!(
+        cols.iter().find(|c| c["name"] == "e").unwrap()["type"],
+        "mood"
+    );
+    running.shutdown();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_update_delete_truncate_in_order() {
+    let pg = cluster("CREATE TABLE public.orders (id int PRIMARY KEY, status text);").await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(&pg, dir.path(), "").await;
+    pg.execute("shop", "INSERT INTO orders VALUES (7, 'paid'), (8, 'new')")
+        .await
+        .unwrap();
+    pg.execute("shop", "UPDATE orders SET status = 'shipped' WHERE id = 7")
+        .await
+        .unwrap();
+    pg.execute("shop", "DELETE FROM orders WHERE id = 8")
+        .await
+        .unwrap();
+    pg.execute("shop", "TRUNCATE orders").await.unwrap();
+    let events = read_until(&running.log, 1, count_changes(5)).await;
+    let ch = changes(&events);
+    let ops: Vec<&str> = ch
+        .iter()
+        .map(|c| c["operation"].as_str().unwrap())
+        .collect();
+    assert_eq!(ops, ["insert", "insert", "update", "delete", "truncate"]);
+    // dense lsns from 1
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["lsn"], json!(i as u64 + 1));
+    }
+    // two inserts of one transaction share the commit lsn and have indexes in order
+    assert_eq!(ch[0]["tx"]["commit_lsn"], ch[1]["tx"]["commit_lsn"]);
+    assert!(ch[0]["tx"]["index"].as_u64() < ch[1]["tx"]["index"].as_u64());
+    assert_eq!(
+        ch[0]["id"],
+        json!(format!(
+            "{}:{}",
+            ch[0]["tx"]["commit_lsn"].as_str().unwrap(),
+            ch[0]["tx"]["index"]
+        ))
+    );
+    assert_eq!(ch[2]["new_data"], json!({"id": 7, "status": "shipped"}));
+    assert_eq!(
+        ch[2]["old_data"],
+        Value::Null,
+        "default identity, key unchanged: no old row"
+    );
+    assert_eq!(
+        ch[3]["old_data"],
+        json!({"id": 8}),
+        "default identity delete: key only"
+    );
+    assert_eq!(ch[3]["new_data"], Value::Null);
+    assert_eq!(ch[4]["entity"], "public.orders");
+    assert!(ch[4]["entity_id"].is_null());
+    // timestamps are commit times in µs, non-decreasing
+    let ts: Vec<i64> = ch
+        .iter()
+        .map(|c| c["timestamp"].as_i64().unwrap())
+        .collect();
+    assert!(ts.windows(2).all(|w| w[0] <= w[1]));
+    assert!(ts[0] > 1_700_000_000_000_000);
+    running.shutdown();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_identity_default_vs_full() {
+    let pg = cluster(
+        "CREATE TABLE public.d (id int PRIMARY KEY, v text);
+         CREATE TABLE public.f (id int PRIMARY KEY, v text); ALTER TABLE public.f REPLICA IDENTITY FULL;
+         CREATE TABLE public.nokey (a int, b text); ALTER TABLE public.nokey REPLICA IDENTITY FULL;",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(&pg, dir.path(), "").await;
+    pg.execute(
+        "shop",
+        "INSERT INTO d VALUES (1, 'a'); INSERT INTO f VALUES (1, 'a'); INSERT INTO nokey VALUES (1, 'x');
+         UPDATE d SET v = 'b'; UPDATE f SET v = 'b'; UPDATE d SET id = 2; UPDATE nokey SET b = 'y';
+         DELETE FROM d; DELETE FROM f;",
+    )
+    .await
+    .unwrap();
+    let events = read_until(&running.log, 1, count_changes(9)).await;
+    let ch = changes(&events);
+    let find = |table: &str, op: &str| -> Vec<&Value> {
+        ch.iter()
+            .copied()
+            .filter(|c| c["table"] == table && c["operation"] == op)
+            .collect()
+    };
+    assert_eq!(find("d", "update")[0]["old_data"], Value::Null);
+    assert_eq!(
+        find("f", "update")[0]["old_data"],
+        json!({"id": 1, "v": "a"})
+    );
+    assert_eq!(
+        find("f", "update")[0]["entity_id"],
+        json!({"id": 1}),
+        "primary key, not the whole row"
+    );
+    assert_eq!(
+        find("d", "update")[1]["old_data"],
+        json!({"id": 1}),
+        "key change carries the old key"
+    );
+    assert_eq!(find("d", "update")[1]["entity_id"], json!({"id": 2}));
+    assert_eq!(find("d", "delete")[0]["old_data"], json!({"id": 2}));
+    assert_eq!(
+        find("f", "delete")[0]["old_data"],
+        json!({"id": 1, "v": "b"})
+    );
+    assert_eq!(
+        find("nokey", "update")[0]["old_data"],
+        json!({"a": 1, "b": "x"})
+    );
+    running.shutdown();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_toast_values() {
+    let pg = cluster(
+        "CREATE TABLE public.docs (id int PRIMARY KEY, title text, body text);
+         ALTER TABLE public.docs ALTER COLUMN body SET STORAGE EXTERNAL;
+         CREATE TABLE public.docs_full (id int PRIMARY KEY, title text, body text);
+         ALTER TABLE public.docs_full ALTER COLUMN body SET STORAGE EXTERNAL;
+         ALTER TABLE public.docs_full REPLICA IDENTITY FULL;",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(&pg, dir.path(), "").await;
+    pg.execute(
+        "shop",
+        "INSERT INTO docs VALUES (1, 'a', repeat('x', 10000)); UPDATE docs SET title = 'b' WHERE id = 1;
+         INSERT INTO docs_full VALUES (1, 'a', repeat('y', 10000)); UPDATE docs_full SET title = 'b' WHERE id = 1;",
+    )
+    .await
+    .unwrap();
+    let events = read_until(&running.log, 1, count_changes(4)).await;
+    let ch = changes(&events);
+    let upd: Vec<&&Value> = ch.iter().filter(|c| c["operation"] == "update").collect();
+    assert_eq!(upd[0]["table"], "docs");
+    assert_eq!(
+        upd[0]["new_data"],
+        json!({"id": 1, "title": "b"}),
+        "unchanged toast left out"
+    );
+    assert_eq!(upd[0]["unchanged_toast"], json!(["body"]));
+    assert_eq!(upd[1]["table"], "docs_full");
+    assert_eq!(
+        upd[1]["new_data"]["body"].as_str().unwrap().len(),
+        10000,
+        "filled from the old row"
+    );
+    assert!(upd[1].get("unchanged_toast").is_none());
+    running.shutdown();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn columns_added_and_dropped_mid_stream() {
+    let pg = cluster("CREATE TABLE public.items (id int PRIMARY KEY, a text, b text);").await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(&pg, dir.path(), "").await;
+    pg.execute("shop", "INSERT INTO items VALUES (1, 'a', 'b')")
+        .await
+        .unwrap();
+    pg.execute("shop", "ALTER TABLE items ADD COLUMN c int DEFAULT 5")
+        .await
+        .unwrap();
+    pg.execute("shop", "INSERT INTO items VALUES (2, 'a', 'b', 6)")
+        .await
+        .unwrap();
+    pg.execute("shop", "ALTER TABLE items DROP COLUMN a")
+        .await
+        .unwrap();
+    pg.execute("shop", "INSERT INTO items VALUES (3, 'b', 7)")
+        .await
+        .unwrap();
+    let events = read_until(&running.log, 1, count_changes(3)).await;
+    let kinds: Vec<String> = events
+        .iter()
+        .map(|e| match e["type"].as_str().unwrap() {
+            "change" => format!("row{}", e["new_data"]["id"]),
+            t => t.to_string(),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "schema_change",
+            "row1",
+            "schema_change",
+            "row2",
+            "schema_change",
+            "row3"
+        ]
+    );
+    let names = |e: &Value| -> Vec<String> {
+        e["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&events[2]), ["id", "a", "b", "c"]);
+    assert_eq!(names(&events[4]), ["id", "b", "c"]);
+    assert_eq!(
+        events[3]["new_data"],
+        json!({"id": 2, "a": "a", "b": "b", "c": 6})
+    );
+    assert_eq!(events[5]["new_data"], json!({"id": 3, "b": "b", "c": 7}));
+    running.shutdown();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_filter_and_messages_and_origin() {
+    let pg = cluster("CREATE TABLE public.trades (id int PRIMARY KEY); CREATE TABLE public.other (id int PRIMARY KEY);").await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(
+        &pg,
+        dir.path(),
+        "tables = { trades = [\"insert\", \"update\"] }",
+    )
+    .await;
+    pg.execute(
+        "shop",
+        "INSERT INTO other VALUES (1); INSERT INTO trades VALUES (1); DELETE FROM trades;
+         SELECT pg_logical_emit_message(true, 'audit', 'hello');
+         SELECT pg_replication_origin_create('upstream');",
+    )
+    .await
+    .unwrap();
+    pg.execute(
+        "shop",
+        "SELECT pg_replication_origin_session_setup('upstream'); INSERT INTO trades VALUES (2);",
+    )
+    .await
+    .unwrap();
+    let events = read_until(&running.log, 1, |ev| changes(ev).len() >= 2).await;
+    let ch = changes(&events);
+    assert!(
+        ch.iter()
+            .all(|c| c["table"] == "trades" && c["operation"] == "insert"),
+        "{ch:?}"
+    );
+    assert_eq!(ch[1]["source"]["origin"], "upstream");
+    assert!(ch[0]["source"].get("origin").is_none());
+    let msg = events
+        .iter()
+        .find(|e| e["type"] == "message")
+        .expect("logical message");
+    assert_eq!(msg["prefix"], "audit");
+    assert_eq!(msg["content"], "hello");
+    assert_eq!(msg["transactional"], true);
+    running.shutdown();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_stream_status_and_health() {
+    let pg = cluster("CREATE TABLE public.t (id int PRIMARY KEY);").await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(&pg, dir.path(), "").await;
+    let base = format!("http://{}", running.addr);
+    let client = reqwest::Client::new();
+    assert_eq!(
+        client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // a live stream opened before the changes sees them
+    let mut live = client
+        .get(format!("{base}/v1/changes?from=now"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.headers()["content-type"], "application/x-ndjson");
+    pg.execute("shop", "INSERT INTO t SELECT generate_series(1, 5)")
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    while buf
+        .lines()
+        .filter(|l| l.contains("\"type\":\"change\""))
+        .count()
+        < 5
+    {
+        let chunk = tokio::time::timeout(WAIT, live.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        buf.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let ids: Vec<i64> = buf
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["type"] == "change")
+        .map(|v| v["new_data"]["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [1, 2, 3, 4, 5]);
+    // from_lsn is inclusive; the stream is typed native JSON
+    let status: Value = client
+        .get(format!("{base}/v1/status"))
+        .send()
+        .await
+        .unwrap()
+        .json_value()
+        .await;
+    let current = status["current_lsn"].as_u64().unwrap();
+    assert!(current >= 6, "{status}");
+    assert_eq!(status["oldest_lsn"], 1);
+    assert!(status["source"]["confirmed_flush_lsn"]
+        .as_str()
+        .unwrap()
+        .contains('/'));
+    let mut from = client
+        .get(format!("{base}/v1/changes?from_lsn={current}"))
+        .send()
+        .await
+        .unwrap();
+    let chunk = tokio::time::timeout(WAIT, from.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let first: Value =
+        serde_json::from_str(std::str::from_utf8(&chunk).unwrap().lines().next().unwrap()).unwrap();
+    assert_eq!(first["lsn"], current);
+    let ev = spillway_core::Event::parse(
+        std::str::from_utf8(&chunk)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(ev.lsn(), Some(current));
+    // bad parameters are 400 with a JSON error naming the parameter
+    for (q, needle) in [
+        ("from_lsn=abc", "from_lsn"),
+        ("from=later", "from"),
+        ("from=now&from_lsn=1", "both"),
+        ("bogus=1", "bogus"),
+    ] {
+        let r = client
+            .get(format!("{base}/v1/changes?{q}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{q}");
+        let body: Value = r.json_value().await;
+        assert!(
+            body["error"].as_str().unwrap().contains(needle),
+            "{q}: {body}"
+        );
+    }
+    // the slot is confirmed once the log holds the data durably
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let rows = pg.execute("shop", "SELECT confirmed_flush_lsn >= pg_current_wal_insert_lsn() - 1000000 FROM pg_replication_slots WHERE slot_name = 'spillway'").await.unwrap();
+        if rows[0][0].as_deref() == Some("t") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slot never confirmed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.shutdown();
+    running.wait().await.unwrap();
+}
+
+trait JsonBody {
+    async fn json_value(self) -> Value;
+}
+
+impl JsonBody for reqwest::Response {
+    async fn json_value(self) -> Value {
+        serde_json::from_slice(&self.bytes().await.unwrap()).unwrap()
+    }
+}
+
+// ---------- the binary as a separate process ----------
+
+struct Proc {
+    child: Child,
+    stderr_path: std::path::PathBuf,
+}
+
+impl Proc {
+    fn start(config: &Path, workdir: &Path) -> Proc {
+        let stderr_path = workdir.join(format!(
+            "stderr-{}.log",
+            Instant::now().elapsed().as_nanos()
+        ));
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_spillway"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        Proc { child, stderr_path }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    fn kill9(mut self) {
+        spillway_testkit::send_signal(self.child.id(), "KILL");
+        let _ = self.child.wait();
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        spillway_testkit::send_signal(self.child.id(), "TERM");
+        self.child.wait().unwrap()
+    }
+
+    fn peak_rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Opens the log read-only-ish (after the process stopped) and returns every event.
+fn read_log_dir(dir: &Path) -> Vec<Value> {
+    let (log, writer) = spillway_log::ChangeLog::open(spillway_log::LogOptions::new(dir)).unwrap();
+    let mut reader = log.reader(1).unwrap();
+    let mut out = Vec::new();
+    loop {
+        let batch = reader.read_batch(100_000, 64 << 20).unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        out.extend(
+            batch
+                .into_iter()
+                .map(|r| serde_json::from_slice::<Value>(&r.payload).unwrap()),
+        );
+    }
+    drop(writer);
+    out
+}
+
+/// Waits until a spillway process streams from the slot (so later writes are captured).
+async fn wait_streaming(pg: &PgCluster) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let rows = pg
+            .execute(
+                "shop",
+                "SELECT active FROM pg_replication_slots WHERE slot_name = 'spillway'",
+            )
+            .await
+            .unwrap();
+        if rows.first().and_then(|r| r[0].as_deref()) == Some("t") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spillway never started streaming"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_confirmed_caught_up(pg: &PgCluster) {
+    let target = pg
+        .execute("shop", "SELECT pg_current_wal_insert_lsn()::text")
+        .await
+        .unwrap()[0][0]
+        .clone()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let rows = pg
+            .execute("shop", &format!("SELECT confirmed_flush_lsn >= '{target}'::pg_lsn FROM pg_replication_slots WHERE slot_name = 'spillway'"))
+            .await
+            .unwrap();
+        if rows.first().and_then(|r| r[0].as_deref()) == Some("t") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spillway never confirmed {target}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn ids_of(events: &[Value], table: &str) -> Vec<i64> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "change" && e["table"] == table && e["operation"] == "insert")
+        .map(|e| e["new_data"]["id"].as_i64().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_and_restart_resumes_without_loss_or_duplicates() {
+    let pg = cluster("CREATE TABLE public.t (id int PRIMARY KEY);").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = dir.path().join("log");
+    let cfg = dir.path().join("spillway.toml");
+    std::fs::write(&cfg, config_text(&pg, &log_dir, "")).unwrap();
+    let p = Proc::start(&cfg, dir.path());
+    wait_streaming(&pg).await;
+    pg.execute("shop", "INSERT INTO t SELECT generate_series(1, 100)")
+        .await
+        .unwrap();
+    wait_confirmed_caught_up(&pg).await;
+    let stderr = p.stderr();
+    let status = p.terminate();
+    assert!(status.success(), "SIGTERM exits cleanly: {stderr}");
+    // changes while spillway is down
+    pg.execute("shop", "INSERT INTO t SELECT generate_series(101, 200)")
+        .await
+        .unwrap();
+    let p = Proc::start(&cfg, dir.path());
+    pg.execute("shop", "INSERT INTO t SELECT generate_series(201, 300)")
+        .await
+        .unwrap();
+    wait_confirmed_caught_up(&pg).await;
+    assert!(p.terminate().success());
+    let events = read_log_dir(&log_dir);
+    assert_eq!(ids_of(&events, "t"), (1..=300).collect::<Vec<_>>());
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["lsn"], json!(i as u64 + 1), "dense lsns across restarts");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_write_load_loses_nothing() {
+    let pg = cluster("CREATE TABLE public.t (id int PRIMARY KEY, pad text);").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = dir.path().join("log");
+    let cfg = dir.path().join("spillway.toml");
+    std::fs::write(&cfg, config_text(&pg, &log_dir, "")).unwrap();
+    let p = Proc::start(&cfg, dir.path());
+    wait_streaming(&pg).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let writer_pg = pg.connect_config("shop");
+    let load = tokio::spawn(async move {
+        let mut conn = spillway_postgres::PgConnection::connect(&writer_pg, false)
+            .await
+            .unwrap();
+        let mut next = 1i64;
+        while !*stop_rx.borrow() {
+            let sql = format!(
+                "INSERT INTO t SELECT g, repeat('p', 100) FROM generate_series({next}, {}) g",
+                next + 49
+            );
+            conn.simple_query(&sql).await.unwrap();
+            next += 50;
+        }
+        next - 1
+    });
+    // let the load run until spillway has confirmed a good part of it, then kill it hard
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let rows = pg.execute("shop", "SELECT count(*) FROM t").await.unwrap();
+        let n: i64 = rows[0][0].as_deref().unwrap().parse().unwrap();
+        if n > 5_000 {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p.kill9();
+    tokio::time::sleep(Duration::from_millis(300)).await; // writes continue while spillway is dead
+    let p = Proc::start(&cfg, dir.path());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop_tx.send(true).unwrap();
+    let last = load.await.unwrap();
+    wait_confirmed_caught_up(&pg).await;
+    assert!(p.terminate().success());
+    let events = read_log_dir(&log_dir);
+    let ids = ids_of(&events, "t");
+    assert_eq!(ids.len() as i64, last, "every committed row exactly once");
+    assert_eq!(ids, (1..=last).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn million_row_transaction_streams_in_bounded_memory() {
+    let pg = cluster("CREATE TABLE public.big (id int PRIMARY KEY, v text);").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = dir.path().join("log");
+    let cfg = dir.path().join("spillway.toml");
+    let mut text = config_text(&pg, &log_dir, "");
+    text = text.replace("segment_bytes = \"1MiB\"", "segment_bytes = \"64MiB\"");
+    std::fs::write(&cfg, text).unwrap();
+    let p = Proc::start(&cfg, dir.path());
+    wait_streaming(&pg).await;
+    pg.execute(
+        "shop",
+        "INSERT INTO big SELECT g, 'value ' || g FROM generate_series(1, 1000000) g",
+    )
+    .await
+    .unwrap();
+    wait_confirmed_caught_up(&pg).await;
+    let rss_kib = p.peak_rss_kib();
+    assert!(p.terminate().success());
+    assert!(rss_kib > 0);
+    assert!(
+        rss_kib < 150 * 1024,
+        "peak RSS {} MiB while a 1M-row transaction streamed",
+        rss_kib / 1024
+    );
+    let (log, _w) = spillway_log::ChangeLog::open(spillway_log::LogOptions::new(log_dir)).unwrap();
+    // schema_change + 1,000,000 rows, one transaction
+    assert_eq!(log.committed_lsn(), 1_000_001);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_level_replica_fails_at_once_and_check_explains() {
+    let pg = cluster_with(
+        PgOptions {
+            wal_level: "replica".into(),
+            ..Default::default()
+        },
+        "CREATE TABLE public.t (a int);",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("spillway.toml");
+    std::fs::write(&cfg, config_text(&pg, &dir.path().join("log"), "")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ")
+            && last.contains("wal_level")
+            && last.contains("ALTER SYSTEM SET wal_level = logical"),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("wal_level is `replica`"), "{text}");
+    assert!(text.contains("public.t: no primary key"), "{text}");
+    assert!(text.contains("fix: "), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_passes_on_a_ready_server() {
+    let pg = cluster(
+        "CREATE TABLE public.t (id int PRIMARY KEY); ALTER TABLE public.t REPLICA IDENTITY FULL;",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("spillway.toml");
+    std::fs::write(&cfg, config_text(&pg, &dir.path().join("log"), "")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("public.t: replica identity full"), "{text}");
+    assert!(text.contains("ready for `spillway run`"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_password_authentication() {
+    let pg = cluster_with(
+        PgOptions {
+            auth: Auth::Scram("s3cret pw".into()),
+            ..Default::default()
+        },
+        "CREATE TABLE public.t (id int PRIMARY KEY);",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(&pg, dir.path(), "").await;
+    pg.execute("shop", "INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let events = read_until(&running.log, 1, count_changes(1)).await;
+    assert_eq!(changes(&events)[0]["new_data"], json!({"id": 1}));
+    running.shutdown();
+    running.wait().await.unwrap();
+    // a wrong password is a one-line authentication error
+    let mut bad = pg.connect_config("shop");
+    bad.password = Some("wrong".into());
+    let e = spillway_postgres::PgConnection::connect(&bad, false)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("authentication failed") && !e.contains('\n'),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn md5_password_authentication() {
+    let pg = cluster_with(
+        PgOptions {
+            auth: Auth::Md5("md5pw".into()),
+            ..Default::default()
+        },
+        "",
+    )
+    .await;
+    let rows = pg.execute("shop", "SELECT 1").await.unwrap();
+    assert_eq!(rows[0][0].as_deref(), Some("1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_sslmode_require_and_verify_full() {
+    let pg = cluster_with(
+        PgOptions {
+            tls: true,
+            auth: Auth::Scram("pw".into()),
+            ..Default::default()
+        },
+        "CREATE TABLE public.t (id int PRIMARY KEY);",
+    )
+    .await;
+    let root = pg.dir().join("root.crt");
+    for mode in [
+        "require".to_string(),
+        format!("verify-full&sslrootcert={}", root.display()),
+    ] {
+        let dsn = format!(
+            "postgres://postgres:pw@localhost:{}/shop?sslmode={mode}",
+            pg.port
+        );
+        let cfg = spillway_postgres::ConnectConfig::parse(&dsn).unwrap();
+        let mut c = spillway_postgres::PgConnection::connect(&cfg, false)
+            .await
+            .unwrap();
+        assert!(c.is_tls());
+        let rows = c
+            .simple_query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .await
+            .unwrap();
+        assert_eq!(rows[0][0].as_deref(), Some("t"), "{mode}");
+        c.close().await;
+    }
+    // capture over TLS end to end
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[source]\ndsn = \"postgres://postgres:pw@127.0.0.1:{}/shop?sslmode=require\"\n[log]\ndir = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
+        pg.port,
+        dir.path().display()
+    );
+    let running = spillway_server::start(Config::from_parts(Some(("t", &text)), &[]).unwrap())
+        .await
+        .unwrap();
+    pg.execute("shop", "INSERT INTO t VALUES (42)")
+        .await
+        .unwrap();
+    let events = read_until(&running.log, 1, count_changes(1)).await;
+    assert_eq!(changes(&events)[0]["new_data"]["id"], 42);
+    running.shutdown();
+    running.wait().await.unwrap();
+    // verify-full without a readable CA file fails with a clear error
+    let bad = format!(
+        "postgres://postgres:pw@localhost:{}/shop?sslmode=verify-full&sslrootcert=/nonexistent.crt",
+        pg.port
+    );
+    let e = spillway_postgres::PgConnection::connect(
+        &spillway_postgres::ConnectConfig::parse(&bad).unwrap(),
+        false,
+    )
+    .await
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("sslrootcert"), "{e}");
+}
+
+#[test]
+fn demo_once_shows_the_scripted_changes() {
+    let out = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["demo", "--once"])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("bank.holding"), "{text}");
+    assert!(text.contains("commerce.products"), "{text}");
+    assert_eq!(text.matches("insert  ").count(), 7, "{text}");
+    assert_eq!(text.matches("update  ").count(), 3, "{text}");
+    assert_eq!(text.matches("delete  ").count(), 3, "{text}");
+    assert!(text.contains("done: 13 change events captured"), "{text}");
+}
