@@ -54,7 +54,8 @@ test-pg18: deps-pg18
 	SPILLWAY_PG_BIN="$(PG18_BIN)" $(CARGO) nextest run --workspace --no-fail-fast -E 'test(/^pg::/) and not test(/tls/)'
 
 bench: deps-pg
-	$(CARGO) run --release -p spillway-bench -- $(BENCH_ARGS)
+	$(CARGO) build --release -p spillway -p spillway-bench
+	./target/release/spillway-bench $(BENCH_ARGS)
 
 clean-tools:
 	rm -rf $(TOOLS)

@@ -31,9 +31,11 @@ impl SslMode {
             "require" => SslMode::Require,
             "verify-ca" => SslMode::VerifyCa,
             "verify-full" => SslMode::VerifyFull,
-            other => return Err(PgError::Dsn(format!(
+            other => {
+                return Err(PgError::Dsn(format!(
                 "unknown sslmode `{other}`; use disable, prefer, require, verify-ca or verify-full"
-            ))),
+            )))
+            }
         })
     }
 }

@@ -152,7 +152,9 @@ impl ReplicationStream {
             let msg = self.conn.recv().await?;
             match msg.tag {
                 b'd' => return decode_copy_data(msg.body),
-                b'c' => {
+                // CopyDone, CommandComplete, ReadyForQuery: the walsender is shutting
+                // down (a server restart) — reconnecting is the answer.
+                b'c' | b'C' | b'Z' => {
                     return Err(PgError::Io(std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
                         "the server ended the replication stream",

@@ -419,39 +419,85 @@ fn run_quiet(mut cmd: Command, run_as: Option<(u32, u32)>, what: &str) -> KitRes
     }
 }
 
+/// A throwaway CA (`root.crt` in the temp dir) and a server certificate it signed, for
+/// `localhost` and `127.0.0.1`.
 fn make_cert(tmp: &Path, data: &Path, run_as: Option<(u32, u32)>) -> KitResult<()> {
-    let key = data.join("server.key");
-    let crt = data.join("server.crt");
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-new",
-            "-x509",
-            "-days",
-            "2",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&crt)
-        .output()
-        .map_err(|e| format!("openssl: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "openssl failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
+    let openssl = |args: &[&str]| -> KitResult<()> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(tmp)
+            .output()
+            .map_err(|e| format!("openssl: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "openssl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    };
+    std::fs::write(
+        tmp.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .map_err(|e| e.to_string())?;
+    openssl(&[
+        "req",
+        "-new",
+        "-x509",
+        "-days",
+        "2",
+        "-nodes",
+        "-subj",
+        "/CN=spillway-test-ca",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "root.crt",
+    ])?;
+    openssl(&[
+        "req",
+        "-new",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ])?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "root.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.crt",
+    ])?;
+    for f in ["server.key", "server.crt"] {
+        std::fs::copy(tmp.join(f), data.join(f)).map_err(|e| e.to_string())?;
     }
-    std::fs::copy(&crt, tmp.join("root.crt")).map_err(|e| e.to_string())?;
+    let key = data.join("server.key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| e.to_string())?;
     if let Some((uid, gid)) = run_as {
         std::os::unix::fs::chown(&key, Some(uid), Some(gid)).ok();
-        std::os::unix::fs::chown(&crt, Some(uid), Some(gid)).ok();
+        std::os::unix::fs::chown(data.join("server.crt"), Some(uid), Some(gid)).ok();
     }
     Ok(())
 }

@@ -989,3 +989,60 @@ fn demo_once_shows_the_scripted_changes() {
     assert_eq!(text.matches("delete  ").count(), 3, "{text}");
     assert!(text.contains("done: 13 change events captured"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_advances_while_only_uncaptured_tables_change() {
+    let pg = cluster("CREATE TABLE public.a (id int PRIMARY KEY); CREATE TABLE public.b (id int PRIMARY KEY, pad text);").await;
+    let dir = tempfile::tempdir().unwrap();
+    // publication FOR TABLE public.a: writes to b produce WAL but nothing to capture
+    let running = start(&pg, dir.path(), "tables = [\"public.a\"]").await;
+    pg.execute("shop", "INSERT INTO a VALUES (1)")
+        .await
+        .unwrap();
+    read_until(&running.log, 1, count_changes(1)).await;
+    for i in 0..20 {
+        pg.execute(
+            "shop",
+            &format!(
+                "INSERT INTO b SELECT g, repeat('x', 200) FROM generate_series({}, {}) g",
+                i * 1000,
+                i * 1000 + 999
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    // the slot is confirmed past all of it, so the WAL of b is not retained for us
+    wait_confirmed_caught_up(&pg).await;
+    assert_eq!(
+        running.log.committed_lsn(),
+        2,
+        "schema_change + one row of a, nothing of b"
+    );
+    running.shutdown();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restart_reconnects_and_resumes() {
+    let mut pg = cluster("CREATE TABLE public.t (id int PRIMARY KEY);").await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(&pg, dir.path(), "").await;
+    pg.execute("shop", "INSERT INTO t SELECT generate_series(1, 10)")
+        .await
+        .unwrap();
+    read_until(&running.log, 1, count_changes(10)).await;
+    pg = tokio::task::spawn_blocking(move || {
+        pg.restart().unwrap();
+        pg
+    })
+    .await
+    .unwrap();
+    pg.execute("shop", "INSERT INTO t SELECT generate_series(11, 20)")
+        .await
+        .unwrap();
+    let events = read_until(&running.log, 1, count_changes(20)).await;
+    assert_eq!(ids_of(&events, "t"), (1..=20).collect::<Vec<_>>());
+    running.shutdown();
+    running.wait().await.unwrap();
+}
