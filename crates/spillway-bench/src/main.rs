@@ -221,14 +221,15 @@ async fn bench(args: Args) -> Result<(), String> {
         }
         let spill_secs = t.elapsed().as_secs_f64();
         peak_kib = peak_kib.max(peak_rss_kib(child.id()));
+        let cpu = cpu_secs(child.id());
         spillway_testkit::send_signal(child.id(), "TERM");
         let _ = child.wait();
 
         let recv_rate = changes as f64 / recv_secs;
         let spill_rate = changes as f64 / spill_secs;
         println!(
-            "run {}: pg_recvlogical {:>9.0} changes/s ({:.2}s) | spillway {:>9.0} changes/s ({:.2}s) | ratio {:.2} | spillway peak RSS {:.1} MiB",
-            i + 1, recv_rate, recv_secs, spill_rate, spill_secs, spill_rate / recv_rate, peak_kib as f64 / 1024.0
+            "run {}: pg_recvlogical {:>9.0} changes/s ({:.2}s) | spillway {:>9.0} changes/s ({:.2}s) | ratio {:.2} | spillway peak RSS {:.1} MiB, cpu {:.2}s",
+            i + 1, recv_rate, recv_secs, spill_rate, spill_secs, spill_rate / recv_rate, peak_kib as f64 / 1024.0, cpu
         );
         recv_rates.push(recv_rate);
         spill_rates.push(spill_rate);
@@ -249,4 +250,15 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .find(|l| l.starts_with("VmHWM:"))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0)
+}
+
+/// User + system CPU seconds of a process (from /proc/PID/stat, clock ticks of 100 Hz).
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // fields after the command name (which is in parentheses)
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of stat; after ')' they are at 11 and 12
+    (ticks(11) + ticks(12)) as f64 / 100.0
 }

@@ -33,7 +33,26 @@
 //!   next open removes records after the last durable tx_end record, even
 //!   after a clean close (an unfinished transaction never survives a reopen;
 //!   the source re-sends it). Dropping a [`LogWriter`] without `close` still
-//!   writes and fsyncs what was queued.
+//!   writes and fsyncs what was queued. A
+//!   [`LogWriter::discard_uncommitted`] removes the unfinished transaction
+//!   at once instead; what it removed never comes back, not even after a
+//!   crash during it.
+//! * **Discarding an unfinished transaction.**
+//!   [`LogWriter::discard_uncommitted`] (for a replication connection that
+//!   broke mid-transaction: PostgreSQL resends the whole transaction) makes
+//!   at runtime exactly the cut recovery makes at open, without closing the
+//!   log: in queue order, the writer writes and fsyncs everything queued
+//!   before it, then removes every record after the last tx_end record —
+//!   truncating the segment that holds the cut (just after that record, or
+//!   to its bare header if the segment starts after it), deleting every
+//!   newer segment with its index, deleting the cut segment's `.idx` (it is
+//!   active again) and fsyncing the file and the directory. The committed
+//!   lsn and [`ChangeLog::last_commit`] do not change;
+//!   [`LogWriter::next_lsn`] becomes `committed lsn + 1`, so the resent
+//!   records reuse the removed records' lsns (lsns stay dense, segments
+//!   stay named by their first lsn). Readers never saw the removed records,
+//!   and a reader holding an open segment whose read-ahead may contain
+//!   them drops it and reopens before reading past the cut.
 //! * **Group commit.** The writer thread encodes and writes records as they
 //!   arrive. At a *commit point* — its queue is momentarily empty, 1 MiB has
 //!   been written, or the oldest unsynced record is 5 ms old, whichever comes
@@ -150,6 +169,11 @@
 //! 5. Load the indexes of the older (sealed) segments, rebuilding damaged or
 //!    missing ones. Sealed segments are not otherwise validated at open;
 //!    damage there is reported by readers as [`LogError::Corrupt`].
+//!
+//! [`LogWriter::discard_uncommitted`] performs step 3 on the open log (the
+//! writer knows where the last tx_end record ends, so nothing is scanned
+//! except the cut segment, to rebuild its index). If the process crashes
+//! during it, recovery makes the same cut.
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -318,6 +342,9 @@ pub(crate) struct Shared {
     pub(crate) last_commit: Mutex<Option<CommitPosition>>,
     pub(crate) poisoned: AtomicBool,
     pub(crate) stats: StatCounters,
+    /// Number of [`LogWriter::discard_uncommitted`] calls that removed
+    /// records. Readers compare it to drop read-ahead of removed records.
+    pub(crate) discards: AtomicU64,
     trim_lock: Mutex<()>,
 }
 
@@ -418,6 +445,7 @@ impl ChangeLog {
             last_commit: Mutex::new(rec.last_commit),
             poisoned: AtomicBool::new(false),
             stats: StatCounters::default(),
+            discards: AtomicU64::new(0),
             trim_lock: Mutex::new(()),
         });
         let writer = LogWriter::spawn(

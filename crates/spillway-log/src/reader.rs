@@ -1,5 +1,6 @@
 //! Sequential readers.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::error::LogError;
@@ -14,6 +15,8 @@ struct Position {
     cursor: SegCursor,
     /// Last lsn stored in `seg`, or `u64::MAX` while it is the active segment.
     bound: u64,
+    /// `Shared::discards` before `cursor` was opened.
+    discards: u64,
 }
 
 /// Reads visible records in lsn order. Reads are blocking file I/O: call
@@ -68,13 +71,21 @@ impl LogReader {
             }
             return Ok(Vec::new());
         }
-        self.locate()?;
+        // The cursor may have read ahead of the committed lsn, into records
+        // that a discard has since removed and whose lsns were reused. Any
+        // such discard finished before the reused lsns were committed, so
+        // (loaded after `committed`) the counter shows it: start afresh.
+        let discards = self.shared.discards.load(Ordering::Acquire);
+        if self.pos.as_ref().is_some_and(|p| p.discards != discards) {
+            self.pos = None;
+        }
+        self.locate(discards)?;
         let wanted = (committed - self.next_lsn + 1).min(max as u64) as usize;
         let mut out = Vec::with_capacity(wanted.min(4096));
         let mut bytes = 0usize;
         while out.len() < wanted && (out.is_empty() || bytes < max_bytes) {
             if self.pos.as_ref().is_none_or(|p| self.next_lsn > p.bound) {
-                self.locate()?;
+                self.locate(discards)?;
             }
             let Some(pos) = self.pos.as_mut() else {
                 return Err(LogError::Closed);
@@ -118,8 +129,8 @@ impl LogReader {
     }
 
     /// Makes `self.pos` the segment holding `next_lsn`, positioned exactly at
-    /// that record.
-    fn locate(&mut self) -> Result<(), LogError> {
+    /// that record. `discards` is `Shared::discards`, loaded before.
+    fn locate(&mut self, discards: u64) -> Result<(), LogError> {
         let (seg, bound) = self.shared.segment_for(self.next_lsn)?;
         if let Some(pos) = self.pos.as_mut() {
             if Arc::ptr_eq(&pos.seg, &seg) {
@@ -163,7 +174,12 @@ impl LogReader {
                 }
             }
         }
-        self.pos = Some(Position { seg, cursor, bound });
+        self.pos = Some(Position {
+            seg,
+            cursor,
+            bound,
+            discards,
+        });
         Ok(())
     }
 }

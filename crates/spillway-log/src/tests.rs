@@ -36,9 +36,48 @@ async fn failed_fsync_poisons_the_log() {
         Err(LogError::Poisoned)
     ));
     assert!(matches!(w.flush().await, Err(LogError::Poisoned)));
+    assert!(matches!(
+        w.discard_uncommitted().await,
+        Err(LogError::Poisoned)
+    ));
     // Never pretend: the failed record did not become visible.
     assert_eq!(log.committed_lsn(), 1);
     assert!(matches!(w.close().await, Err(LogError::Poisoned)));
+}
+
+#[tokio::test]
+async fn failed_discard_poisons_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = LogOptions::new(dir.path());
+    opts.segment_bytes = 1024;
+    let (log, mut w) = ChangeLog::open(opts).unwrap();
+    for lsn in 1..=5 {
+        w.append(rec(lsn, lsn == 5)).await.unwrap();
+    }
+    for lsn in 6..=60 {
+        w.append(rec(lsn, false)).await.unwrap();
+    }
+    w.flush().await.unwrap();
+    // The fsync of the records queued before the discard fails.
+    w.append(rec(61, false)).await.unwrap();
+    test_hooks::fail_fsync_in(dir.path());
+    assert!(matches!(
+        w.discard_uncommitted().await,
+        Err(LogError::Poisoned | LogError::Io { .. })
+    ));
+    assert!(log.is_poisoned());
+    assert!(matches!(
+        w.append(rec(6, true)).await,
+        Err(LogError::Poisoned)
+    ));
+    assert_eq!(log.committed_lsn(), 5);
+    assert!(matches!(w.close().await, Err(LogError::Poisoned)));
+    drop(log);
+    // Recovery makes the cut the discard could not make.
+    let (log, w) = ChangeLog::open(LogOptions::new(dir.path())).unwrap();
+    assert_eq!(log.committed_lsn(), 5);
+    assert_eq!(w.next_lsn(), 6);
+    w.close().await.unwrap();
 }
 
 #[test]
@@ -56,6 +95,7 @@ fn writer_futures_are_send(w: &mut LogWriter, r: AppendRecord) {
     fn is_send<T: Send>(_: T) {}
     is_send(w.append(r));
     is_send(w.flush());
+    is_send(w.discard_uncommitted());
 }
 
 #[tokio::test]

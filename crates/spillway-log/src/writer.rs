@@ -1,22 +1,27 @@
 //! The single writer: an async handle feeding a dedicated OS thread that
 //! does blocking file I/O with group commit.
 
-use std::fs::File;
-use std::io::Write;
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::error::LogError;
 use crate::index::{encode_index_file, SegmentIndex};
-use crate::lock::{lock, write};
-use crate::record::{encode_record, encoded_len, RecordHeader, MAX_PAYLOAD_LEN};
+use crate::lock::{lock, read, write};
+use crate::record::{
+    encode_record, encoded_len, RecordHeader, MAX_PAYLOAD_LEN, SEGMENT_HEADER_LEN,
+};
 use crate::recovery::create_segment_file;
-use crate::segment::{publish_index, sync_dir, write_file_atomically, Segment};
+use crate::segment::{
+    publish_index, remove_if_exists, scan_segment, sync_dir, write_file_atomically, ScanStop,
+    Segment,
+};
 use crate::{AppendRecord, CommitPosition, DirGuard, Shared};
 
 /// fsync once this many bytes are unsynced, even if more records are queued.
@@ -32,7 +37,19 @@ pub(crate) enum Cmd {
     Append(AppendRecord),
     Flush(oneshot::Sender<Result<(), LogError>>),
     Close(oneshot::Sender<Result<(), LogError>>),
+    DiscardUncommitted(oneshot::Sender<Result<Discarded, LogError>>),
 }
+
+/// Reply to [`Cmd::DiscardUncommitted`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Discarded {
+    /// Number of records removed.
+    records: u64,
+    /// The lsn the next appended record must carry afterwards.
+    next_lsn: u64,
+}
+
+type DiscardReply = oneshot::Receiver<Result<Discarded, LogError>>;
 
 /// The one handle that appends to the log. Dropping it without
 /// [`close`](LogWriter::close) still writes and fsyncs everything queued
@@ -42,6 +59,9 @@ pub struct LogWriter {
     tx: Option<mpsc::Sender<Cmd>>,
     next_lsn: u64,
     durable_rx: watch::Receiver<Option<CommitPosition>>,
+    /// A discard whose caller stopped waiting (its future was dropped); it
+    /// is settled before the next command so that `next_lsn` stays right.
+    pending_discard: Option<DiscardReply>,
     thread: Option<JoinHandle<()>>,
     _guard: DirGuard,
 }
@@ -70,6 +90,13 @@ impl LogWriter {
             .cloned()
             .ok_or_else(|| LogError::InvalidOptions("no active segment".into()))?;
         let next_lsn = index.last_lsn + 1;
+        // Recovery leaves the active segment ending just after the last
+        // tx_end record (or as a bare header).
+        let commit_end = CommitEnd {
+            base_lsn: seg.base_lsn,
+            offset: index.end_offset,
+            next_lsn,
+        };
         let sync = Arc::new(SyncShared::default());
         let syncer = Syncer {
             shared: shared.clone(),
@@ -94,6 +121,7 @@ impl LogWriter {
             unsynced_records: 0,
             unsynced_since: None,
             last_commit,
+            commit_end,
         };
         let thread = std::thread::Builder::new()
             .name("spillway-log-writer".into())
@@ -110,6 +138,7 @@ impl LogWriter {
             tx: Some(tx),
             next_lsn,
             durable_rx,
+            pending_discard: None,
             thread: Some(thread),
             _guard: guard,
         })
@@ -144,6 +173,9 @@ impl LogWriter {
     /// with [`LogError::RecordTooLarge`] for payloads over 256 MiB, and with
     /// [`LogError::Poisoned`] after a write or fsync failure.
     pub async fn append(&mut self, rec: AppendRecord) -> Result<(), LogError> {
+        if self.pending_discard.is_some() {
+            self.settle_discard().await?;
+        }
         if self.shared.poisoned.load(Ordering::Acquire) {
             return Err(LogError::Poisoned);
         }
@@ -177,6 +209,63 @@ impl LogWriter {
         self.send(Cmd::Flush(reply_tx)).await?;
         match reply_rx.await {
             Ok(res) => res,
+            Err(_) => Err(self.stopped_error()),
+        }
+    }
+
+    /// Removes the records of the unfinished transaction — every record
+    /// appended after the last tx_end record — exactly as recovery would at
+    /// the next open, but without closing the log. Returns how many records
+    /// were removed (0 if the last appended record ends a transaction).
+    ///
+    /// Meant for the source after its replication connection broke in the
+    /// middle of a transaction: PostgreSQL resends the whole transaction, so
+    /// afterwards [`next_lsn`](LogWriter::next_lsn) is the lsn after the last
+    /// tx_end record (`committed lsn + 1`) and appends continue densely from
+    /// there, reusing the lsns of the removed records.
+    ///
+    /// Processed in order after everything queued before it: the writer
+    /// writes and fsyncs what is queued (so every complete transaction
+    /// before the cut becomes durable and visible), then truncates the
+    /// segment holding the cut, deletes every newer segment with its index
+    /// and fsyncs the file and the directory. Readers never saw the removed
+    /// records (they were never visible) and keep working: a reader
+    /// positioned after the last visible record reads the new records with
+    /// the reused lsns once they are committed.
+    ///
+    /// Cancel-safe in the sense that dropping the future after the command
+    /// was queued still performs the discard; the next `append` or
+    /// `discard_uncommitted` waits for it and updates `next_lsn` first
+    /// (until then `next_lsn()` still shows the value from before).
+    ///
+    /// Fails with [`LogError::Poisoned`] after a write or fsync failure; a
+    /// failure during the discard itself also poisons the log (recovery at
+    /// the next open then makes the same cut).
+    pub async fn discard_uncommitted(&mut self) -> Result<u64, LogError> {
+        self.settle_discard().await?;
+        if self.shared.poisoned.load(Ordering::Acquire) {
+            return Err(LogError::Poisoned);
+        }
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.send(Cmd::DiscardUncommitted(reply_tx)).await?;
+        self.pending_discard = Some(reply_rx);
+        Ok(self.settle_discard().await?.map_or(0, |d| d.records))
+    }
+
+    /// Waits for the outcome of a queued discard (if any) and applies it.
+    async fn settle_discard(&mut self) -> Result<Option<Discarded>, LogError> {
+        let Some(reply_rx) = self.pending_discard.as_mut() else {
+            return Ok(None);
+        };
+        // If this future is dropped here, `pending_discard` stays set.
+        let res = reply_rx.await;
+        self.pending_discard = None;
+        match res {
+            Ok(Ok(d)) => {
+                self.next_lsn = d.next_lsn;
+                Ok(Some(d))
+            }
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(self.stopped_error()),
         }
     }
@@ -356,6 +445,21 @@ struct WriterThread {
     unsynced_since: Option<Instant>,
     /// Last tx_end record appended (durable or not).
     last_commit: Option<CommitPosition>,
+    /// Where the last tx_end record appended ends: the cut made by
+    /// [`discard_uncommitted`](WriterThread::discard_uncommitted).
+    commit_end: CommitEnd,
+}
+
+/// The position just after the last tx_end record appended (or after the
+/// segment header if the log holds no transaction end).
+#[derive(Clone, Copy, Debug)]
+struct CommitEnd {
+    /// Base lsn of the segment holding it.
+    base_lsn: u64,
+    /// File offset in that segment.
+    offset: u64,
+    /// The lsn following that record (`committed lsn + 1` once durable).
+    next_lsn: u64,
 }
 
 impl Drop for WriterThread {
@@ -382,6 +486,9 @@ impl WriterThread {
             while let Ok(cmd) = self.rx.try_recv() {
                 match cmd {
                     Cmd::Flush(reply) | Cmd::Close(reply) => {
+                        let _ = reply.send(Err(LogError::Poisoned));
+                    }
+                    Cmd::DiscardUncommitted(reply) => {
                         let _ = reply.send(Err(LogError::Poisoned));
                     }
                     Cmd::Append(_) => {}
@@ -413,6 +520,20 @@ impl WriterThread {
                         }
                     }
                     Cmd::Flush(reply) => self.commit_point(Some(reply))?,
+                    Cmd::DiscardUncommitted(reply) => {
+                        let res = self.discard_uncommitted();
+                        let failed = res.is_err();
+                        if failed {
+                            // Before replying, so the caller sees it.
+                            self.shared.poisoned.store(true, Ordering::Release);
+                        }
+                        let _ = reply.send(res);
+                        if failed {
+                            // The files may be half cut: stop here; the
+                            // next open recovers to the same cut.
+                            return Err(LogError::Poisoned);
+                        }
+                    }
                     Cmd::Close(reply) => {
                         let res = self.commit_point(None).and_then(|()| self.wait_durable());
                         let failed = res.is_err();
@@ -479,6 +600,11 @@ impl WriterThread {
                 pg_end_lsn: rec.pg_end_lsn,
                 timestamp_us: rec.timestamp_us,
             });
+            self.commit_end = CommitEnd {
+                base_lsn: self.seg.base_lsn,
+                offset: offset + len,
+                next_lsn: rec.lsn + 1,
+            };
         }
         if self.unsynced_bytes == 0 {
             self.unsynced_since = Some(Instant::now());
@@ -601,6 +727,135 @@ impl WriterThread {
         self.file = Arc::new(file);
         self.index = index;
         Ok(())
+    }
+
+    /// Removes every record after the last tx_end record appended, like
+    /// recovery does at open (see [`LogWriter::discard_uncommitted`]).
+    ///
+    /// Crash safety: newer segments are deleted newest first, then the cut
+    /// segment is truncated; at every step in between, recovery makes the
+    /// same cut. An error poisons the log (the caller stops the writer).
+    fn discard_uncommitted(&mut self) -> Result<Discarded, LogError> {
+        // Write and fsync everything queued before: the committed lsn is
+        // then final (exactly the records before the cut are visible) and
+        // the sync thread holds no job on any file we are about to change.
+        self.commit_point(None)?;
+        self.wait_durable()?;
+        let end = self.commit_end;
+        // Records after the last tx_end record: `end.next_lsn..=last_lsn`.
+        let records = (self.index.last_lsn + 1).saturating_sub(end.next_lsn);
+        debug_assert_eq!(self.shared.committed_lsn() + 1, end.next_lsn);
+        if records == 0 {
+            return Ok(Discarded {
+                records: 0,
+                next_lsn: end.next_lsn,
+            });
+        }
+        let first = end.next_lsn;
+        let dir = self.shared.opts.dir.clone();
+        // Retention must not delete segments while we rearrange the tail
+        // (it never deletes the one we cut: that one holds lsn `first`).
+        let _serial = lock(&self.shared.trim_lock);
+
+        // The cut goes into the segment that holds lsn `first`: just after
+        // the last tx_end record if that segment holds it, otherwise (the
+        // segment starts with `first`) right after its header.
+        let (cut_seg, cut, removed) = {
+            let mut segs = write(&self.shared.segments);
+            let k = segs.partition_point(|s| s.base_lsn <= first);
+            let target = match k.checked_sub(1).and_then(|i| segs.get(i)) {
+                Some(s) if s.base_lsn == first => Some((s.clone(), SEGMENT_HEADER_LEN as u64)),
+                Some(s) if s.base_lsn == end.base_lsn => Some((s.clone(), end.offset)),
+                _ => None,
+            };
+            let Some((cut_seg, cut)) = target else {
+                // Not reachable: retention keeps the segment holding
+                // `first`, and the tx_end record before it is in it.
+                return Err(LogError::Corrupt {
+                    segment: self.seg.path.clone(),
+                    offset: end.offset,
+                });
+            };
+            let removed: Vec<Arc<Segment>> = segs.drain(k..).collect();
+            (cut_seg, cut, removed)
+        };
+        for seg in removed.iter().rev() {
+            info!(
+                segment = seg.base_lsn,
+                "change log: deleting segment of a discarded unfinished transaction"
+            );
+            remove_if_exists(&seg.path)?;
+            remove_if_exists(&seg.idx_path)?;
+        }
+        // The cut segment is active (again): it gets a fresh index when it
+        // is sealed.
+        let dir_dirty = remove_if_exists(&cut_seg.idx_path)? || !removed.is_empty();
+        cut_seg.idx_bytes.store(0, Ordering::Relaxed);
+
+        let file = if Arc::ptr_eq(&cut_seg, &self.seg) {
+            self.file.clone()
+        } else {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&cut_seg.path)
+                .map_err(|e| LogError::io("open segment", &cut_seg.path, e))?;
+            Arc::new(file)
+        };
+        let io = |op, e| LogError::io(op, &cut_seg.path, e);
+        file.set_len(cut).map_err(|e| io("truncate", e))?;
+        file.sync_all().map_err(|e| io("fsync", e))?;
+        (&*file)
+            .seek(SeekFrom::Start(cut))
+            .map_err(|e| io("seek", e))?;
+        if dir_dirty {
+            sync_dir(&dir)?;
+        }
+
+        // Rebuild the index of what is left, exactly as recovery would.
+        let scan = scan_segment(
+            &cut_seg.path,
+            cut_seg.base_lsn,
+            self.shared.opts.index_interval_bytes,
+        )?;
+        if scan.stop != ScanStop::End
+            || scan.index.end_offset != cut
+            || scan.index.last_lsn + 1 != first
+        {
+            return Err(LogError::Corrupt {
+                segment: cut_seg.path.clone(),
+                offset: scan.index.end_offset,
+            });
+        }
+        // Readers only look up index entries of visible records, which the
+        // cut keeps; replace the whole index (chunk timestamps included).
+        *write(&cut_seg.index) = scan.index.clone();
+        self.seg = cut_seg;
+        self.file = file;
+        self.index = scan.index;
+        self.commit_end = CommitEnd {
+            base_lsn: self.seg.base_lsn,
+            offset: cut,
+            next_lsn: first,
+        };
+        // Readers may have buffered bytes of the removed records (they read
+        // ahead of the committed lsn); this makes them drop their open
+        // segment before reading anything at the reused lsns.
+        self.shared.discards.fetch_add(1, Ordering::Release);
+        info!(
+            records,
+            next_lsn = first,
+            segments_deleted = removed.len(),
+            "change log: discarded the records of an unfinished transaction"
+        );
+        debug_assert_eq!(
+            read(&self.shared.segments).last().map(|s| s.base_lsn),
+            Some(self.seg.base_lsn)
+        );
+        Ok(Discarded {
+            records,
+            next_lsn: first,
+        })
     }
 }
 

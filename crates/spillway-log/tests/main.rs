@@ -700,6 +700,311 @@ async fn everything_trimmed_then_crash_keeps_last_commit() {
     w.close().await.unwrap();
 }
 
+/// A record of an unfinished transaction that gets discarded: same lsn,
+/// timestamp and size as `rec(lsn, false)` but another payload, so that
+/// stale bytes served at a reused lsn would show.
+fn doomed(lsn: u64) -> AppendRecord {
+    let mut r = rec(lsn, false);
+    let mut p = format!("discarded-{lsn}-").into_bytes();
+    p.resize(r.payload.len(), b'#');
+    r.payload = p;
+    r
+}
+
+/// Reads everything currently visible through an existing reader.
+fn drain(reader: &mut spillway_log::LogReader) -> Vec<LogRecord> {
+    let mut out = Vec::new();
+    loop {
+        let batch = reader.read_batch(7, 64 * 1024).unwrap();
+        if batch.is_empty() {
+            return out;
+        }
+        out.extend(batch);
+    }
+}
+
+fn segment_bases(dir: &Path) -> Vec<u64> {
+    files_with_ext(dir, "seg")
+        .iter()
+        .map(|p| p.file_stem().unwrap().to_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+#[tokio::test]
+async fn discard_removes_partial_transaction_spanning_segments() {
+    // Every cut position across a few tiny segments: in the middle of a
+    // segment and right at a segment end (the partial transaction then
+    // starts a segment of its own).
+    let mut cut_mid_segment = 0;
+    let mut cut_at_segment_end = 0;
+    for committed in 25..=45u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, mut w) = ChangeLog::open(opts(dir.path(), 1024)).unwrap();
+        append_range(&mut w, 1, committed, 10).await;
+        w.flush().await.unwrap();
+        // Never read: positioned exactly at committed + 1.
+        let mut idle = log.reader(committed + 1).unwrap();
+        // A partial transaction spanning several segments, written and
+        // fsynced but invisible.
+        let last = committed + 120;
+        for lsn in committed + 1..=last {
+            w.append(doomed(lsn)).await.unwrap();
+        }
+        w.flush().await.unwrap();
+        assert_eq!(log.committed_lsn(), committed);
+        // A reader that read everything visible after the partial records
+        // were written: its read-ahead holds bytes of them.
+        let mut tail = log.reader(1).unwrap();
+        let got = drain(&mut tail);
+        assert_eq!(got.len() as u64, committed);
+        check_records(&got, 1);
+        assert_eq!(tail.next_lsn(), committed + 1);
+        assert!(idle.read_batch(10, usize::MAX).unwrap().is_empty());
+
+        let before = segment_bases(dir.path());
+        assert!(before.len() > 5, "{before:?}");
+        if before.contains(&(committed + 1)) {
+            cut_at_segment_end += 1;
+        } else {
+            cut_mid_segment += 1;
+        }
+        assert_eq!(w.discard_uncommitted().await.unwrap(), 120);
+        assert_eq!(w.next_lsn(), committed + 1);
+        assert_eq!(log.committed_lsn(), committed);
+        assert_eq!(log.last_commit(), Some(commit_of(&rec(committed, true))));
+        assert_eq!(
+            *w.durable().borrow(),
+            Some(commit_of(&rec(committed, true)))
+        );
+
+        // The segments of the partial transaction are gone; the one holding
+        // the cut is active (no index) and ends exactly at the cut.
+        let after = segment_bases(dir.path());
+        assert!(after.len() < before.len() - 3, "{before:?} -> {after:?}");
+        assert_eq!(after[..], before[..after.len()]);
+        assert!(*after.last().unwrap() <= committed + 1);
+        for s in files_with_ext(dir.path(), "seg") {
+            for (lsn, _, _) in record_offsets(&s) {
+                assert!(lsn <= committed, "{} still holds lsn {lsn}", s.display());
+            }
+        }
+        let active = files_with_ext(dir.path(), "seg").pop().unwrap();
+        let expect_len = record_offsets(&active).last().map_or(64, |r| r.2);
+        assert_eq!(fs::metadata(&active).unwrap().len(), expect_len);
+        assert_eq!(files_with_ext(dir.path(), "idx").len(), after.len() - 1);
+        assert_eq!(log.disk_usage_bytes(), dir_bytes(dir.path()));
+        assert!(tail.read_batch(10, usize::MAX).unwrap().is_empty());
+
+        // The resent transaction reuses the lsns, with other payloads.
+        let end = committed + 100;
+        append_range(&mut w, committed + 1, end, 1000).await;
+        w.flush().await.unwrap();
+        assert_eq!(log.committed_lsn(), end);
+        let got = drain(&mut tail);
+        assert_eq!(got.len() as u64, end - committed);
+        check_records(&got, committed + 1);
+        let got = drain(&mut idle);
+        assert_eq!(got.len() as u64, end - committed);
+        check_records(&got, committed + 1);
+        let all = read_all(&log, 1).unwrap();
+        assert_eq!(all.len() as u64, end);
+        check_records(&all, 1);
+        // Index seeks and time lookups at the reused lsns.
+        check_records(&read_all(&log, committed + 9).unwrap(), committed + 9);
+        assert_eq!(
+            log.lsn_for_timestamp(rec(committed + 5, false).timestamp_us)
+                .unwrap(),
+            committed + 5
+        );
+
+        // A partial transaction again, left for recovery this time.
+        for lsn in end + 1..=end + 30 {
+            w.append(doomed(lsn)).await.unwrap();
+        }
+        w.close().await.unwrap();
+        drop(log);
+        let (log, w) = ChangeLog::open(opts(dir.path(), 1024)).unwrap();
+        assert_eq!(log.committed_lsn(), end);
+        assert_eq!(w.next_lsn(), end + 1);
+        let all = read_all(&log, 1).unwrap();
+        assert_eq!(all.len() as u64, end);
+        check_records(&all, 1);
+        w.close().await.unwrap();
+    }
+    assert!(cut_mid_segment > 0 && cut_at_segment_end > 0);
+}
+
+#[tokio::test]
+async fn discard_with_nothing_uncommitted_is_a_noop() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, mut w) = ChangeLog::open(opts(dir.path(), 1024)).unwrap();
+    assert_eq!(w.discard_uncommitted().await.unwrap(), 0);
+    assert_eq!(w.next_lsn(), 1);
+    assert_eq!(log.committed_lsn(), 0);
+    // Complete transactions still queued: made durable, nothing removed.
+    append_range(&mut w, 1, 60, 6).await;
+    assert_eq!(w.discard_uncommitted().await.unwrap(), 0);
+    assert_eq!(w.next_lsn(), 61);
+    assert_eq!(log.committed_lsn(), 60);
+    let files: Vec<(PathBuf, u64)> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.path(), e.metadata().unwrap().len())
+        })
+        .collect();
+    assert!(files.len() > 3);
+    assert_eq!(w.discard_uncommitted().await.unwrap(), 0);
+    for (path, len) in &files {
+        assert_eq!(
+            fs::metadata(path).unwrap().len(),
+            *len,
+            "{}",
+            path.display()
+        );
+    }
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), files.len());
+    append_range(&mut w, 61, 80, 6).await;
+    w.close().await.unwrap();
+    drop(log);
+    let (log, w) = ChangeLog::open(opts(dir.path(), 1024)).unwrap();
+    assert_eq!(log.committed_lsn(), 80);
+    check_records(&read_all(&log, 1).unwrap(), 1);
+    w.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn discard_while_partial_records_are_still_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, mut w) = ChangeLog::open(opts(dir.path(), 1024)).unwrap();
+    let mut tail = log.reader(1).unwrap();
+    // Neither the complete transactions nor the partial one are awaited:
+    // most of it is still queued or buffered when the discard is queued.
+    append_range(&mut w, 1, 50, 5).await;
+    for lsn in 51..=400 {
+        w.append(doomed(lsn)).await.unwrap();
+    }
+    assert_eq!(w.discard_uncommitted().await.unwrap(), 350);
+    assert_eq!(w.next_lsn(), 51);
+    // The complete transactions queued before the discard are durable.
+    assert_eq!(log.committed_lsn(), 50);
+    assert_eq!(*w.durable().borrow(), Some(commit_of(&rec(50, true))));
+    for s in files_with_ext(dir.path(), "seg") {
+        for (lsn, _, _) in record_offsets(&s) {
+            assert!(lsn <= 50, "{} still holds lsn {lsn}", s.display());
+        }
+    }
+    let got = drain(&mut tail);
+    assert_eq!(got.len(), 50);
+    check_records(&got, 1);
+    // Queue another partial transaction and discard it right away.
+    for lsn in 51..=120 {
+        w.append(doomed(lsn)).await.unwrap();
+    }
+    assert_eq!(w.discard_uncommitted().await.unwrap(), 70);
+    assert_eq!(w.next_lsn(), 51);
+    append_range(&mut w, 51, 100, 7).await;
+    w.flush().await.unwrap();
+    let got = drain(&mut tail);
+    assert_eq!(got.len(), 50);
+    check_records(&got, 51);
+    w.close().await.unwrap();
+    drop(log);
+    let (log, w) = ChangeLog::open(opts(dir.path(), 1024)).unwrap();
+    assert_eq!(log.committed_lsn(), 100);
+    let all = read_all(&log, 1).unwrap();
+    assert_eq!(all.len(), 100);
+    check_records(&all, 1);
+    w.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn discard_partial_transaction_within_the_active_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, mut w) = ChangeLog::open(opts(dir.path(), 1 << 20)).unwrap();
+    append_range(&mut w, 1, 20, 5).await;
+    for lsn in 21..=40 {
+        w.append(doomed(lsn)).await.unwrap();
+    }
+    w.flush().await.unwrap();
+    let seg = files_with_ext(dir.path(), "seg").pop().unwrap();
+    let records = record_offsets(&seg);
+    assert_eq!(records.len(), 40);
+    // Read after the partial records were written: read-ahead holds them.
+    let mut tail = log.reader(1).unwrap();
+    check_records(&drain(&mut tail), 1);
+    assert_eq!(tail.next_lsn(), 21);
+
+    assert_eq!(w.discard_uncommitted().await.unwrap(), 20);
+    assert_eq!(w.next_lsn(), 21);
+    assert_eq!(log.committed_lsn(), 20);
+    assert_eq!(files_with_ext(dir.path(), "seg"), vec![seg.clone()]);
+    assert!(files_with_ext(dir.path(), "idx").is_empty());
+    assert_eq!(fs::metadata(&seg).unwrap().len(), records[19].2);
+    assert_eq!(log.disk_usage_bytes(), records[19].2);
+
+    // The resent transaction, then a reader at the reused lsns.
+    append_range(&mut w, 21, 30, 100).await;
+    w.flush().await.unwrap();
+    let got = drain(&mut tail);
+    assert_eq!(got.len(), 10);
+    check_records(&got, 21);
+    // An unfinished transaction queued behind a complete one.
+    append_range(&mut w, 31, 33, 100).await;
+    for lsn in 34..=38 {
+        w.append(doomed(lsn)).await.unwrap();
+    }
+    assert_eq!(w.discard_uncommitted().await.unwrap(), 5);
+    assert_eq!(w.next_lsn(), 34);
+    append_range(&mut w, 34, 36, 100).await;
+    w.close().await.unwrap();
+    let got = drain(&mut tail);
+    assert_eq!(got.len(), 6);
+    check_records(&got, 31);
+    drop(log);
+    let (log, w) = ChangeLog::open(opts(dir.path(), 1 << 20)).unwrap();
+    assert_eq!(log.committed_lsn(), 36);
+    let all = read_all(&log, 1).unwrap();
+    assert_eq!(all.len(), 36);
+    check_records(&all, 1);
+    w.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn discard_of_an_abandoned_call_still_applies() {
+    use std::future::Future;
+    use std::task::Poll;
+    let dir = tempfile::tempdir().unwrap();
+    let (log, mut w) = ChangeLog::open(opts(dir.path(), 1024)).unwrap();
+    append_range(&mut w, 1, 10, 10).await;
+    for lsn in 11..=50 {
+        w.append(doomed(lsn)).await.unwrap();
+    }
+    // An empty queue, so the first poll queues the command.
+    w.flush().await.unwrap();
+    {
+        // Poll once (queues the command), then drop the future.
+        let mut fut = std::pin::pin!(w.discard_uncommitted());
+        let polled = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+        if let Poll::Ready(res) = polled {
+            assert_eq!(res.unwrap(), 40);
+        }
+    }
+    // The next append waits for the discard and takes its lsn from it.
+    w.append(rec(11, true)).await.unwrap();
+    assert_eq!(w.next_lsn(), 12);
+    w.close().await.unwrap();
+    assert_eq!(log.committed_lsn(), 11);
+    check_records(&read_all(&log, 1).unwrap(), 1);
+}
+
 /// Deterministic xorshift64* PRNG.
 struct Rng(u64);
 impl Rng {
@@ -746,9 +1051,12 @@ async fn run_model(seed: u64, steps: usize) {
     // Every record appended in the current history (a prefix of it is visible).
     let mut history: Vec<AppendRecord> = Vec::new();
     let (mut log, mut w) = ChangeLog::open(o.clone()).unwrap();
+    // A long-lived reader following along across discards, trims and
+    // reopens (its read-ahead often holds records a discard removes).
+    let mut tail = log.reader(1).unwrap();
     let trace = std::env::var_os("MODEL_TRACE").is_some();
     for step in 0..steps {
-        let op = rng.below(10);
+        let op = rng.below(11);
         if trace {
             eprintln!(
                 "step {step}: op {op} history {} committed {} files {:?}",
@@ -805,6 +1113,7 @@ async fn run_model(seed: u64, steps: usize) {
                 w.close().await.unwrap();
                 drop(log);
                 (log, w) = ChangeLog::open(o.clone()).unwrap();
+                tail = log.reader(tail.next_lsn()).unwrap();
                 let visible = history.iter().rposition(|r| r.tx_end).map_or(0, |i| i + 1);
                 assert_eq!(
                     log.committed_lsn(),
@@ -846,10 +1155,28 @@ async fn run_model(seed: u64, steps: usize) {
                     .set_len(cut)
                     .unwrap();
                 (log, w) = ChangeLog::open(o.clone()).unwrap();
+                tail = log.reader(tail.next_lsn()).unwrap();
                 assert!(
                     log.committed_lsn() >= durable,
                     "seed {seed} step {step}: durable data lost"
                 );
+            }
+            10 => {
+                // The replication connection broke mid-transaction.
+                let visible = history.iter().rposition(|r| r.tx_end).map_or(0, |i| i + 1);
+                let n = w.discard_uncommitted().await.unwrap();
+                assert_eq!(
+                    n,
+                    (history.len() - visible) as u64,
+                    "seed {seed} step {step}"
+                );
+                assert_eq!(
+                    log.committed_lsn(),
+                    visible as u64,
+                    "seed {seed} step {step}"
+                );
+                assert_eq!(w.next_lsn(), visible as u64 + 1, "seed {seed} step {step}");
+                history.truncate(visible);
             }
             _ => {
                 let c = log.committed_lsn();
@@ -897,6 +1224,23 @@ async fn run_model(seed: u64, steps: usize) {
                 assert_eq!(lc, commit_of(&history[lc.lsn as usize - 1]));
             }
             None => assert_eq!(c1, 0),
+        }
+        loop {
+            match tail.read_batch(1 + rng.below(50) as usize, usize::MAX) {
+                Ok(batch) if batch.is_empty() => break,
+                Ok(batch) => {
+                    for r in &batch {
+                        let h = &history[r.lsn as usize - 1];
+                        assert_eq!(
+                            (r.lsn, r.timestamp_us, &r.payload),
+                            (h.lsn, h.timestamp_us, &h.payload),
+                            "seed {seed} step {step}: tail reader"
+                        );
+                    }
+                }
+                Err(LogError::Trimmed { oldest, .. }) => tail = log.reader(oldest).unwrap(),
+                Err(e) => panic!("seed {seed} step {step}: tail reader: {e}"),
+            }
         }
         let committed = log.committed_lsn();
         // Forget what the crash dropped; the source would resend it.

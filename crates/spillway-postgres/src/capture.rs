@@ -132,7 +132,7 @@ pub async fn run(
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "postgresql unavailable, reconnecting");
                 *status.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
                 // A transaction cut off mid-way will be resent whole.
-                // TODO(discard): writer.discard_uncommitted().await?;
+                writer.discard_uncommitted().await?;
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => return Ok(()),
