@@ -28,13 +28,20 @@ use crate::{AppendRecord, CommitPosition, DirGuard, Shared};
 pub(crate) const SYNC_BYTES: u64 = 1024 * 1024;
 /// fsync once the oldest unsynced record is this old, even if more are queued.
 pub(crate) const SYNC_INTERVAL: Duration = Duration::from_millis(5);
+/// Records staged in the [`LogWriter`] before they go to the writer thread as
+/// one command: one queue operation (and at most one thread wake-up) per batch
+/// instead of per record. A transaction's last record always goes at once.
+const STAGE_RECORDS: usize = 256;
+/// Payload bytes staged before a batch goes regardless of its length.
+const STAGE_BYTES: usize = 256 * 1024;
 /// Most commands taken from the queue at once.
 const RECV_BATCH: usize = 1024;
 /// Encoded records are handed to the kernel in chunks of about this size.
 const WRITE_CHUNK: usize = 256 * 1024;
 
 pub(crate) enum Cmd {
-    Append(AppendRecord),
+    /// A batch of records, in lsn order (see [`LogWriter::append`]).
+    Append(Vec<AppendRecord>),
     Flush(oneshot::Sender<Result<(), LogError>>),
     Close(oneshot::Sender<Result<(), LogError>>),
     DiscardUncommitted(oneshot::Sender<Result<Discarded, LogError>>),
@@ -62,6 +69,10 @@ pub struct LogWriter {
     /// A discard whose caller stopped waiting (its future was dropped); it
     /// is settled before the next command so that `next_lsn` stays right.
     pending_discard: Option<DiscardReply>,
+    /// Records accepted by `append` but not yet handed to the writer thread
+    /// (never a tx_end record: one is sent at once, with everything before it).
+    staged: Vec<AppendRecord>,
+    staged_bytes: usize,
     thread: Option<JoinHandle<()>>,
     _guard: DirGuard,
 }
@@ -83,7 +94,8 @@ impl LogWriter {
         last_commit: Option<CommitPosition>,
         guard: DirGuard,
     ) -> Result<LogWriter, LogError> {
-        let (tx, rx) = mpsc::channel(shared.opts.channel_capacity);
+        // The queue holds batches of up to STAGE_RECORDS records.
+        let (tx, rx) = mpsc::channel((shared.opts.channel_capacity / STAGE_RECORDS).max(2));
         let (durable_tx, durable_rx) = watch::channel(last_commit);
         let seg = crate::lock::read(&shared.segments)
             .last()
@@ -139,6 +151,8 @@ impl LogWriter {
             next_lsn,
             durable_rx,
             pending_discard: None,
+            staged: Vec::with_capacity(STAGE_RECORDS),
+            staged_bytes: 0,
             thread: Some(thread),
             _guard: guard,
         })
@@ -191,9 +205,24 @@ impl LogWriter {
                 max: MAX_PAYLOAD_LEN,
             });
         }
-        self.send(Cmd::Append(rec)).await?;
+        let ends_tx = rec.tx_end;
+        self.staged_bytes += rec.payload.len();
+        self.staged.push(rec);
         self.next_lsn += 1;
+        if ends_tx || self.staged.len() >= STAGE_RECORDS || self.staged_bytes >= STAGE_BYTES {
+            self.send_staged().await?;
+        }
         Ok(())
+    }
+
+    /// Hands the staged records to the writer thread as one command.
+    async fn send_staged(&mut self) -> Result<(), LogError> {
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.staged, Vec::with_capacity(STAGE_RECORDS));
+        self.staged_bytes = 0;
+        self.send(Cmd::Append(batch)).await
     }
 
     /// Positions of the last durable tx_end record (initially the one
@@ -205,6 +234,7 @@ impl LogWriter {
 
     /// Waits until every record appended so far is written and fsynced.
     pub async fn flush(&mut self) -> Result<(), LogError> {
+        self.send_staged().await?;
         let (reply_tx, reply_rx) = oneshot::channel();
         self.send(Cmd::Flush(reply_tx)).await?;
         match reply_rx.await {
@@ -242,6 +272,11 @@ impl LogWriter {
     /// failure during the discard itself also poisons the log (recovery at
     /// the next open then makes the same cut).
     pub async fn discard_uncommitted(&mut self) -> Result<u64, LogError> {
+        // Staged records never include a tx_end record (one forces a send), so
+        // they all belong to the unfinished transaction.
+        let staged = self.staged.len() as u64;
+        self.staged.clear();
+        self.staged_bytes = 0;
         self.settle_discard().await?;
         if self.shared.poisoned.load(Ordering::Acquire) {
             return Err(LogError::Poisoned);
@@ -249,7 +284,7 @@ impl LogWriter {
         let (reply_tx, reply_rx) = oneshot::channel();
         self.send(Cmd::DiscardUncommitted(reply_tx)).await?;
         self.pending_discard = Some(reply_rx);
-        Ok(self.settle_discard().await?.map_or(0, |d| d.records))
+        Ok(staged + self.settle_discard().await?.map_or(0, |d| d.records))
     }
 
     /// Waits for the outcome of a queued discard (if any) and applies it.
@@ -272,6 +307,7 @@ impl LogWriter {
 
     /// Flushes everything and stops the writer thread.
     pub async fn close(mut self) -> Result<(), LogError> {
+        self.send_staged().await?;
         let (reply_tx, reply_rx) = oneshot::channel();
         self.send(Cmd::Close(reply_tx)).await?;
         let res = match reply_rx.await {
@@ -513,10 +549,12 @@ impl WriterThread {
             }
             for cmd in batch.drain(..) {
                 match cmd {
-                    Cmd::Append(rec) => {
-                        self.append(rec)?;
-                        if self.unsynced_bytes >= SYNC_BYTES {
-                            self.commit_point(None)?;
+                    Cmd::Append(records) => {
+                        for rec in records {
+                            self.append(rec)?;
+                            if self.unsynced_bytes >= SYNC_BYTES {
+                                self.commit_point(None)?;
+                            }
                         }
                     }
                     Cmd::Flush(reply) => self.commit_point(Some(reply))?,
