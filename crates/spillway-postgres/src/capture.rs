@@ -28,7 +28,7 @@ use crate::replication::{ReplicationMessage, ReplicationStream, StartOptions};
 use crate::wire::PgConnection;
 use crate::PgError;
 use spillway_log::{AppendRecord, ChangeLog, LogError, LogWriter};
-use spillway_pgoutput::event::{EncodedEvent, EventEncoder, Operation};
+use spillway_pgoutput::event::{EncodedEvent, EventEncoder};
 use spillway_pgoutput::message::{decode, PgOutputMessage};
 use spillway_pgoutput::value::{TypeInfo, TypeKind};
 use std::collections::HashMap;
@@ -90,7 +90,7 @@ pub enum CaptureError {
 }
 
 impl CaptureConfig {
-    fn filter(&self) -> Box<dyn Fn(&str, &str, Operation) -> bool + Send> {
+    fn filter(&self) -> spillway_pgoutput::event::TableFilter {
         let tables = self.tables.clone();
         Box::new(move |schema, table, op| {
             if tables.is_empty() {

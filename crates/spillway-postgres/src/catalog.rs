@@ -271,7 +271,7 @@ pub async fn preflight(
             ));
         }
     }
-    out.sort_by(|a, b| b.severity.cmp(&a.severity));
+    out.sort_by_key(|f| std::cmp::Reverse(f.severity));
     Ok(out)
 }
 

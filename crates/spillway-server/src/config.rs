@@ -231,7 +231,7 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), Co
         }
     }
     for (section, key, alias) in KEYS {
-        let value = lookup(&env_name(section, key)).or_else(|| alias.and_then(|a| lookup(a)));
+        let value = lookup(&env_name(section, key)).or_else(|| alias.and_then(&lookup));
         let Some(value) = value else { continue };
         let value = env_value(section, key, &value)?;
         let entry = table
@@ -492,7 +492,8 @@ listen = "127.0.0.1:7654"
 
     #[test]
     fn errors_are_one_line_and_name_the_key() {
-        let cases: Vec<(Option<&str>, Vec<(String, String)>, &str)> = vec![
+        type Case<'a> = (Option<&'a str>, Vec<(String, String)>, &'a str);
+        let cases: Vec<Case> = vec![
             (
                 Some("[source]\ndsn = \"postgres://h/db\"\ndsnn = 1\n"),
                 vec![],

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 //! End-to-end tests of the `spillway` binary and pipeline against real PostgreSQL
 //! clusters (started per test by `spillway-testkit`, removed afterwards).
 //!
