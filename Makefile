@@ -32,7 +32,9 @@ deps-pg18:
 	fi
 
 deps: deps-pg deps-pg18
-	@command -v cargo-nextest >/dev/null || $(CARGO) install cargo-nextest --locked
+
+# cargo-nextest when present (parallel, per-test processes); plain cargo test otherwise.
+HAVE_NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
 demo: deps-pg
 	$(CARGO) build --release -p spillway
@@ -48,10 +50,18 @@ lint:
 test: deps lint test-pg15 test-pg18
 
 test-pg15:
+ifeq ($(HAVE_NEXTEST),yes)
 	$(CARGO) nextest run --workspace --no-fail-fast
+else
+	$(CARGO) test --workspace --no-fail-fast
+endif
 
 test-pg18: deps-pg18
+ifeq ($(HAVE_NEXTEST),yes)
 	SPILLWAY_PG_BIN="$(PG18_BIN)" $(CARGO) nextest run --workspace --no-fail-fast -E 'test(/^pg::/) and not test(/tls/)'
+else
+	SPILLWAY_PG_BIN="$(PG18_BIN)" $(CARGO) test -p spillway --test e2e --no-fail-fast -- pg:: --skip tls
+endif
 
 bench: deps-pg
 	$(CARGO) build --release -p spillway -p spillway-bench

@@ -1046,3 +1046,79 @@ async fn postgres_restart_reconnects_and_resumes() {
     running.shutdown();
     running.wait().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_the_stream_raw_and_pretty() {
+    use std::io::{BufRead, BufReader};
+    let pg = cluster("CREATE TABLE public.t (id int PRIMARY KEY, v text);").await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(&pg, dir.path(), "").await;
+    pg.execute(
+        "shop",
+        "INSERT INTO t VALUES (1, 'a'); UPDATE t SET v = 'b'; DELETE FROM t;",
+    )
+    .await
+    .unwrap();
+    read_until(&running.log, 1, count_changes(3)).await;
+    let url = format!("http://{}", running.addr);
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for extra in [vec!["--json"], vec![]] {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_spillway"))
+                .args(["tail", "--url", &url, "--from", "beginning"])
+                .args(extra)
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut reader = BufReader::new(child.stdout.take().unwrap());
+            let mut got = Vec::new();
+            while got.len() < 4 {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap() == 0 {
+                    break;
+                }
+                if !line.trim().is_empty() && !line.starts_with("   ") {
+                    got.push(line.trim_end().to_string());
+                }
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            out.push(got);
+        }
+        out
+    })
+    .await
+    .unwrap();
+    // --json: the exact NDJSON of the log, starting at lsn 1
+    let raw: Vec<Value> = lines[0]
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(raw[0]["type"], "schema_change");
+    assert_eq!(raw[1]["operation"], "insert");
+    assert_eq!(raw[3]["operation"], "delete");
+    // pretty: one headline per event, no colour codes when stdout is not a terminal
+    assert!(
+        lines[1][1].contains("insert") && lines[1][1].contains("public.t"),
+        "{:?}",
+        lines[1]
+    );
+    assert!(lines[1][2].contains("update"), "{:?}", lines[1]);
+    assert!(lines[1].iter().all(|l| !l.contains('\x1b')));
+    // an unreachable server is a one-line error
+    let out = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args([
+            "tail",
+            "--url",
+            &format!("http://127.0.0.1:{}", spillway_testkit::free_port()),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim().lines().count(),
+        1
+    );
+    running.shutdown();
+    running.wait().await.unwrap();
+}
