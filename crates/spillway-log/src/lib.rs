@@ -24,7 +24,10 @@
 //!   `tx_end = true`. Records of a transaction whose end has not been made
 //!   durable are invisible, and recovery deletes them.
 //! * **What `append` promises.** [`LogWriter::append`] returning `Ok` means
-//!   the record is *queued* — nothing more. Durability is signalled through
+//!   the record is *queued* — nothing more. (Records are staged in the
+//!   handle and handed to the writer thread in batches of up to 256 records
+//!   or 256 KiB, and at once when a record ends a transaction, so a queue
+//!   operation and a thread wake-up cost per batch, not per record.) Durability is signalled through
 //!   [`LogWriter::durable`] (positions of the last durable tx_end record) and
 //!   [`ChangeLog::subscribe`] (committed lsn); [`LogWriter::flush`] waits for
 //!   everything appended so far.
@@ -33,7 +36,8 @@
 //!   next open removes records after the last durable tx_end record, even
 //!   after a clean close (an unfinished transaction never survives a reopen;
 //!   the source re-sends it). Dropping a [`LogWriter`] without `close` still
-//!   writes and fsyncs what was queued. A
+//!   writes and fsyncs what was queued (staged records, which never include
+//!   a transaction's end, are dropped: recovery would remove them anyway). A
 //!   [`LogWriter::discard_uncommitted`] removes the unfinished transaction
 //!   at once instead; what it removed never comes back, not even after a
 //!   crash during it.

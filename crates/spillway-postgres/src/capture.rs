@@ -120,8 +120,22 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), CaptureError> {
     let mut backoff = Duration::from_millis(250);
+    // Kept across reconnects: the relation cache makes a reconnect emit no
+    // schema_change unless a table's shape really changed; types and keys stay known.
+    let mut encoder = EventEncoder::new(cfg.connect.dbname.clone(), cfg.filter());
+    let mut keys_known: HashMap<u32, ()> = HashMap::new();
     loop {
-        let result = run_once(&cfg, &log, &mut writer, &status, &mut shutdown).await;
+        let result = run_once(
+            &cfg,
+            &log,
+            &mut writer,
+            &status,
+            &mut shutdown,
+            &mut encoder,
+            &mut keys_known,
+        )
+        .await;
+        encoder.abort_transaction();
         status.streaming.store(false, Ordering::Relaxed);
         match result {
             Ok(()) => {
@@ -173,6 +187,8 @@ async fn run_once(
     writer: &mut LogWriter,
     status: &SourceStatus,
     shutdown: &mut watch::Receiver<bool>,
+    encoder: &mut EventEncoder,
+    keys_known: &mut HashMap<u32, ()>,
 ) -> Result<(), CaptureError> {
     let mut catalog_conn = prepare(cfg).await?;
     let last = log.last_commit();
@@ -193,8 +209,6 @@ async fn run_once(
     *status.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
     tracing::info!(slot = %cfg.slot, start_lsn = %spillway_pgoutput::message::format_pg_lsn(start_lsn), "streaming");
 
-    let mut encoder = EventEncoder::new(cfg.connect.dbname.clone(), cfg.filter());
-    let mut keys_known: HashMap<u32, ()> = HashMap::new();
     let mut durable_rx = writer.durable();
     let mut confirmed = start_lsn.max(status.confirmed_flush_lsn.load(Ordering::Relaxed));
     // pg_end_lsn of the last tx_end record appended; when durable reaches it, nothing is outstanding.
@@ -287,7 +301,7 @@ async fn run_once(
                                 // fall through to let the encoder close its transaction
                             }
                             PgOutputMessage::Relation(rel) => {
-                                prepare_relation(&mut catalog_conn, &mut encoder, rel.rel_id, &mut keys_known, &message).await?;
+                                prepare_relation(&mut catalog_conn, encoder, rel.rel_id, keys_known, &message).await?;
                             }
                             _ => {}
                         }

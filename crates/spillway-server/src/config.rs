@@ -187,8 +187,16 @@ impl Config {
         };
         apply_env(&mut table, env)?;
         let origin = file.map(|(n, _)| n).unwrap_or("environment");
-        let raw: RawConfig = RawConfig::deserialize(toml::Value::Table(table.clone()))
-            .map_err(|e| err(format!("{origin}: {}", one_line(e.message()))))?;
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let path = e.path().to_string();
+                let msg = one_line(e.inner().message());
+                if path.is_empty() || path == "." {
+                    err(format!("{origin}: {msg}"))
+                } else {
+                    err(format!("{origin}: {path}: {msg}"))
+                }
+            })?;
         validate(raw)
     }
 }

@@ -70,6 +70,13 @@ pub(crate) async fn demo(once: bool) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let data_dir = cluster.dir().join("spillway-data");
+    say(
+        colour,
+        &format!(
+            "temporary files in {} (removed on exit)",
+            cluster.dir().display()
+        ),
+    );
     let listen = if std::net::TcpListener::bind("127.0.0.1:7654").is_ok() {
         "127.0.0.1:7654".to_string()
     } else {

@@ -786,6 +786,10 @@ async fn million_row_transaction_streams_in_bounded_memory() {
     .unwrap();
     wait_confirmed_caught_up(&pg).await;
     let rss_kib = p.peak_rss_kib();
+    eprintln!(
+        "peak RSS while a 1,000,000-row transaction streamed: {} MiB",
+        rss_kib / 1024
+    );
     assert!(p.terminate().success());
     assert!(rss_kib > 0);
     assert!(
@@ -1043,6 +1047,14 @@ async fn postgres_restart_reconnects_and_resumes() {
         .unwrap();
     let events = read_until(&running.log, 1, count_changes(20)).await;
     assert_eq!(ids_of(&events, "t"), (1..=20).collect::<Vec<_>>());
+    let shapes = events
+        .iter()
+        .filter(|e| e["type"] == "schema_change")
+        .count();
+    assert_eq!(
+        shapes, 1,
+        "a reconnect does not announce an unchanged table again"
+    );
     running.shutdown();
     running.wait().await.unwrap();
 }
@@ -1119,6 +1131,82 @@ async fn tail_prints_the_stream_raw_and_pretty() {
         String::from_utf8_lossy(&out.stderr).trim().lines().count(),
         1
     );
+    running.shutdown();
+    running.wait().await.unwrap();
+}
+
+#[test]
+fn demo_runs_until_ctrl_c_then_removes_its_files() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .arg("demo")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let (mut tmp, mut psql, mut text) = (None, None, String::new());
+    loop {
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "demo ended early: {text}"
+        );
+        text.push_str(&line);
+        if let Some(rest) = line.trim().strip_prefix("▶ temporary files in ") {
+            tmp = rest.split(' ').next().map(std::path::PathBuf::from);
+        }
+        if line.trim_start().starts_with("psql ") {
+            psql = Some(line.trim().to_string());
+        }
+        if line.contains("Ctrl-C") {
+            break;
+        }
+    }
+    let tmp = tmp.expect("the demo names its temporary directory");
+    assert!(tmp.exists());
+    assert!(psql.unwrap().contains("/shop"), "{text}");
+    spillway_testkit::send_signal(child.id(), "INT");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!tmp.exists(), "{} is left behind", tmp.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_made_by_the_user_is_honoured() {
+    let pg = cluster(
+        "CREATE TABLE public.t (id int PRIMARY KEY, v text, secret text);
+         CREATE PUBLICATION spillway FOR TABLE public.t (id, v) WHERE (id > 5);",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(&pg, dir.path(), "").await;
+    pg.execute(
+        "shop",
+        "INSERT INTO t SELECT g, 'v' || g, 'hidden' FROM generate_series(1, 10) g",
+    )
+    .await
+    .unwrap();
+    let events = read_until(&running.log, 1, count_changes(5)).await;
+    let ch = changes(&events);
+    assert_eq!(
+        ids_of(&events, "t"),
+        (6..=10).collect::<Vec<_>>(),
+        "row filter applied in the database"
+    );
+    assert!(
+        ch.iter().all(|c| c["new_data"].get("secret").is_none()),
+        "column list applied"
+    );
+    // the publication was reused, not replaced
+    let rows = pg
+        .execute(
+            "shop",
+            "SELECT count(*) FROM pg_publication_tables WHERE pubname = 'spillway'",
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows[0][0].as_deref(), Some("1"));
     running.shutdown();
     running.wait().await.unwrap();
 }
