@@ -58,9 +58,9 @@ endif
 
 test-pg18: deps-pg18
 ifeq ($(HAVE_NEXTEST),yes)
-	SPILLWAY_PG_BIN="$(PG18_BIN)" $(CARGO) nextest run --workspace --no-fail-fast -E 'test(/^pg::/) and not test(/tls/)'
+	SPILLWAY_PG_BIN="$(PG18_BIN)" $(CARGO) nextest run --workspace --no-fail-fast -E 'test(/^pg/) and not test(/tls/)'
 else
-	SPILLWAY_PG_BIN="$(PG18_BIN)" $(CARGO) test -p spillway --test e2e --no-fail-fast -- pg:: --skip tls
+	SPILLWAY_PG_BIN="$(PG18_BIN)" $(CARGO) test -p spillway --test e2e --no-fail-fast -- pg --skip tls
 endif
 
 bench: deps-pg

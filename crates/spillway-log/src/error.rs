@@ -56,13 +56,56 @@ pub enum LogError {
         /// Maximum allowed payload length.
         max: usize,
     },
-    /// Another `ChangeLog` in this process already has the directory open.
+    /// Another spillway process (or another [`ChangeLog`](crate::ChangeLog) or
+    /// [`CheckpointStore`](crate::CheckpointStore) in this process) has the
+    /// directory open: it holds the exclusive lock on the directory's `LOCK`
+    /// file.
     #[error(
-        "change log directory {dir} is already open in this process; close the other writer first"
+        "change log directory {dir} is in use by another spillway process (or is already open in this process); stop that process or use a different directory (the LOCK file in the directory holds the pid of the last process that opened it)"
     )]
     AlreadyOpen {
         /// The directory.
         dir: PathBuf,
+    },
+    /// [`CheckpointStore::set`](crate::CheckpointStore::set) would move a
+    /// checkpoint backward without `force`.
+    #[error("checkpoint {name:?} is at lsn {current}; refusing to move it back to lsn {requested} (pass force to rewind a consumer on purpose)")]
+    CheckpointBackward {
+        /// The checkpoint's name.
+        name: String,
+        /// Its current lsn.
+        current: u64,
+        /// The lsn that was requested.
+        requested: u64,
+    },
+    /// A checkpoint name is unusable.
+    #[error(
+        "invalid checkpoint name {name:?}: {reason}; use a non-empty name of at most 256 bytes"
+    )]
+    InvalidCheckpointName {
+        /// The rejected name.
+        name: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// The checkpoint database (`checkpoints.redb`) failed.
+    #[error("change log checkpoint store error: {op} {path}: {source}; check the disk and permissions of the log directory")]
+    CheckpointStore {
+        /// What was being done (e.g. "open", "commit").
+        op: &'static str,
+        /// The database file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// [`inspect`](crate::inspect) found no change log in the directory.
+    #[error("no change log in {dir}: {reason}; check the configured log directory")]
+    NotALog {
+        /// The directory.
+        dir: PathBuf,
+        /// What is missing.
+        reason: String,
     },
     /// The options are unusable.
     #[error("invalid change log options: {0}; fix the configuration")]

@@ -75,9 +75,19 @@
 //! * **Readers never see bad data.** Every record read is length- and
 //!   CRC-checked and its lsn compared with the expected one; any mismatch is
 //!   returned as [`LogError::Corrupt`], never skipped.
-//! * **Single process.** One `ChangeLog` per directory. A second `open` in the
-//!   same process fails with [`LogError::AlreadyOpen`]; separate processes
-//!   must not share a directory (not detected).
+//! * **Single process.** One `ChangeLog` per directory. [`ChangeLog::open`]
+//!   takes an exclusive advisory lock on the directory's `LOCK` file
+//!   ([`std::fs::File::try_lock`]: `flock` on Unix, `LockFileEx` on
+//!   Windows) and writes its pid into it; a second open — in another
+//!   process or in this one — fails at once with [`LogError::AlreadyOpen`].
+//!   The lock is held as long as anything of the open log lives: the
+//!   [`LogWriter`] (and its threads), any [`ChangeLog`] clone, any
+//!   [`LogReader`], any [`CheckpointStore`] clone; it is released when the
+//!   last of them drops (or the process dies — the OS releases it). The
+//!   `LOCK` file itself stays (deleting it would race with the next
+//!   opener). On a file system without advisory locks a warning is logged
+//!   and only opens within this process are detected. [`inspect`] reads a
+//!   directory without the lock.
 //!
 //! ## On-disk format (version 1)
 //!
@@ -86,7 +96,12 @@
 //! * `NNNNNNNNNNNNNNNNNNNN.seg` — a segment, named by its first lsn as 20
 //!   zero-padded decimal digits (e.g. `00000000000000000001.seg`);
 //! * `NNNNNNNNNNNNNNNNNNNN.idx` — the sparse index of a **sealed** segment;
-//! * `*.tmp` — half-written index files, deleted at open.
+//! * `*.tmp` — half-written index files, deleted at open;
+//! * `LOCK` — the single-process lock (holds the pid of the last opener);
+//! * `checkpoints.redb` — consumer checkpoints (a [redb] database, see
+//!   below).
+//!
+//! [redb]: https://docs.rs/redb
 //!
 //! ### Segment file
 //!
@@ -178,11 +193,84 @@
 //! writer knows where the last tx_end record ends, so nothing is scanned
 //! except the cut segment, to rebuild its index). If the process crashes
 //! during it, recovery makes the same cut.
+//!
+//! ## Consumer checkpoints
+//!
+//! [`CheckpointStore`] (from [`ChangeLog::checkpoints`], or
+//! [`CheckpointStore::open`] without the log) keeps named consumer
+//! positions in `checkpoints.redb`: a checkpoint `(name, lsn)` says the
+//! consumer has processed every record up to and including `lsn` (so it
+//! resumes at `lsn + 1`; `0` = nothing yet). Names are 1 to 256 bytes.
+//!
+//! * [`CheckpointStore::set`] is durable when it returns `Ok`: each call is
+//!   one redb write transaction committed with `Durability::Immediate`
+//!   (fsynced). That costs an fsync per call: checkpoint periodically (or
+//!   per batch), not per record.
+//! * A checkpoint never moves backward unless `force` is passed
+//!   ([`LogError::CheckpointBackward`]); concurrent calls are serialized, so
+//!   the check is atomic. Rewinding to a position already trimmed is
+//!   allowed; the consumer's reader then gets [`LogError::Trimmed`].
+//! * redb is crash safe: a committed checkpoint survives a crash or power
+//!   loss; an uncommitted one is not applied at all. After a crash redb
+//!   repairs the file at the next open (quick: the table is tiny); until
+//!   then [`inspect`] cannot read it (a read-only open cannot repair).
+//! * Checkpoints are independent of the segments: they are not changed by
+//!   recovery, trimming or [`LogWriter::discard_uncommitted`] (a checkpoint
+//!   past the committed lsn just protects nothing extra).
+//! * All methods do blocking file I/O (call them from `spawn_blocking` in
+//!   async code).
+//!
+//! ## Retention
+//!
+//! Records are only ever deleted as whole segments, oldest first and
+//! contiguous from the oldest, never the active segment and never a segment
+//! holding a record that is not yet visible (lsn > committed lsn). The
+//! oldest lsn moves up accordingly; a reader positioned in a deleted
+//! segment gets [`LogError::Trimmed`]. Deleting fsyncs the directory; a
+//! crash in between leaves a contiguous log.
+//!
+//! * [`ChangeLog::apply_retention`] applies a [`RetentionPolicy`] (the
+//!   caller runs it periodically, passing the current time):
+//!   * `max_age` — a sealed segment is deleted when its newest record (the
+//!     largest timestamp in it, kept in its index) is older than
+//!     `now - max_age`, **but never past the lowest consumer checkpoint**:
+//!     every record with lsn > min checkpoint is kept, so a consumer that
+//!     fell behind holds age-based deletion back (including one whose
+//!     checkpoint is already trimmed away; delete abandoned checkpoints).
+//!   * `max_bytes` — while [`ChangeLog::disk_usage_bytes`] (segment and
+//!     index files; not `LOCK` or `checkpoints.redb`) exceeds it, the
+//!     oldest sealed segment is deleted. This limit **overrides
+//!     checkpoints** (the disk must not fill up): a warning names each
+//!     consumer whose position is trimmed away. The active segment is
+//!     never deleted, so usage can stay above `max_bytes` by up to one
+//!     segment (or more while an unfinished transaction spans segments).
+//! * [`ChangeLog::trim_before`] is the operator's explicit trim
+//!   (`spillway admin cdc trim --before-lsn N`, `POST /v1/admin/trim`): it
+//!   deletes every segment whose records all have lsn `< N` and **ignores
+//!   checkpoints**.
+//!
+//! ## Read-only inspection
+//!
+//! [`inspect`] summarises a log directory ([`LogSummary`]: oldest and
+//! current lsn, segment count, disk usage, oldest/newest timestamps,
+//! checkpoints) without opening it: no lock, no writer, no recovery (a torn
+//! tail or an unfinished transaction is skipped over, not cut), no file
+//! created or changed. It works while another process has the log open,
+//! except for the checkpoints: redb lets a file be opened either by one
+//! writer or by readers, and the running process holds it, so
+//! `checkpoints` is then empty and [`LogSummary::checkpoints_unavailable`]
+//! says why (ask the running process, e.g. its HTTP API). `inspect` holds
+//! a shared lock on `checkpoints.redb` for a moment; a concurrent
+//! [`ChangeLog::open`] waits up to 2 s for it. A missing directory or one
+//! without segments gives [`LogError::NotALog`].
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod checkpoint;
+mod dir_lock;
 mod error;
 mod index;
+mod inspect;
 mod lock;
 mod reader;
 pub mod record;
@@ -196,10 +284,13 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::watch;
 
+pub use checkpoint::{Checkpoint, CheckpointStore};
 pub use error::LogError;
+pub use inspect::{inspect, LogSummary};
 pub use reader::LogReader;
 pub use writer::LogWriter;
 
+use dir_lock::DirLock;
 use lock::{lock, read, write};
 use segment::{open_checked, remove_if_exists, sync_dir, Segment, Step, SMALL_READ_BUF_BYTES};
 
@@ -301,7 +392,7 @@ pub struct LogRecord {
     pub payload: Vec<u8>,
 }
 
-/// What [`ChangeLog::trim_before`] did.
+/// What [`ChangeLog::trim_before`] or [`ChangeLog::apply_retention`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TrimReport {
     /// Number of segment files deleted.
@@ -310,6 +401,18 @@ pub struct TrimReport {
     pub bytes_freed: u64,
     /// Oldest lsn retained afterwards.
     pub oldest_lsn: u64,
+}
+
+/// What [`ChangeLog::apply_retention`] deletes. Each limit is off when
+/// `None`; the default deletes nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Delete sealed segments whose newest record is older than this, but
+    /// never records after the lowest consumer checkpoint.
+    pub max_age: Option<std::time::Duration>,
+    /// Delete the oldest sealed segments while segment and index files take
+    /// more than this many bytes, even past consumer checkpoints.
+    pub max_bytes: Option<u64>,
 }
 
 /// Counters of the writer since the log was opened (for metrics).
@@ -350,6 +453,10 @@ pub(crate) struct Shared {
     /// records. Readers compare it to drop read-ahead of removed records.
     pub(crate) discards: AtomicU64,
     trim_lock: Mutex<()>,
+    checkpoints: CheckpointStore,
+    /// The directory lock; dropped last (field order), once the writer, the
+    /// readers and every `ChangeLog` clone are gone.
+    _dir_lock: Arc<DirLock>,
 }
 
 impl Shared {
@@ -382,34 +489,6 @@ impl Shared {
     }
 }
 
-/// Registry of directories open in this process.
-static OPEN_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-
-/// Holds a directory in [`OPEN_DIRS`] until dropped (owned by the writer).
-pub(crate) struct DirGuard {
-    dir: PathBuf,
-}
-
-impl DirGuard {
-    fn acquire(dir: &Path) -> Result<DirGuard, LogError> {
-        let dir = dir
-            .canonicalize()
-            .map_err(|e| LogError::io("resolve directory", dir, e))?;
-        let mut open = lock(&OPEN_DIRS);
-        if open.contains(&dir) {
-            return Err(LogError::AlreadyOpen { dir });
-        }
-        open.push(dir.clone());
-        Ok(DirGuard { dir })
-    }
-}
-
-impl Drop for DirGuard {
-    fn drop(&mut self) {
-        lock(&OPEN_DIRS).retain(|d| d != &self.dir);
-    }
-}
-
 /// Handle to an open change log; cheap to clone, shared by all readers.
 #[derive(Clone)]
 pub struct ChangeLog {
@@ -428,12 +507,18 @@ impl std::fmt::Debug for ChangeLog {
 impl ChangeLog {
     /// Opens (creating if missing) and recovers the log in `opts.dir`, then
     /// starts the writer thread. See the crate docs for the recovery rules.
+    ///
+    /// Takes the directory's lock first: fails with
+    /// [`LogError::AlreadyOpen`] while another process (or anything of
+    /// another open of it in this process) uses the directory. Also opens
+    /// the consumer checkpoint store ([`ChangeLog::checkpoints`]).
     pub fn open(opts: LogOptions) -> Result<(ChangeLog, LogWriter), LogError> {
         opts.validate()?;
         std::fs::create_dir_all(&opts.dir)
             .map_err(|e| LogError::io("create directory", &opts.dir, e))?;
-        let guard = DirGuard::acquire(&opts.dir)?;
+        let dir_lock = Arc::new(DirLock::acquire(&opts.dir)?);
         let rec = recovery::recover(&opts)?;
+        let checkpoints = CheckpointStore::open_locked(&opts.dir, dir_lock.clone())?;
         tracing::info!(
             dir = %opts.dir.display(),
             committed_lsn = rec.committed_lsn,
@@ -451,13 +536,14 @@ impl ChangeLog {
             stats: StatCounters::default(),
             discards: AtomicU64::new(0),
             trim_lock: Mutex::new(()),
+            checkpoints,
+            _dir_lock: dir_lock,
         });
         let writer = LogWriter::spawn(
             shared.clone(),
             rec.active_file,
             rec.active_index,
             rec.last_commit,
-            guard,
         )?;
         Ok((ChangeLog { shared }, writer))
     }
@@ -558,18 +644,129 @@ impl ChangeLog {
 
     /// Deletes whole segments whose records all have lsn `< lsn` (never the
     /// active segment, never a record that is not yet visible).
+    ///
+    /// This is the operator's manual trim (`spillway admin cdc trim
+    /// --before-lsn N`, `POST /v1/admin/trim`): it **ignores consumer
+    /// checkpoints** — consumers positioned before the new oldest lsn get
+    /// [`LogError::Trimmed`]. Use [`apply_retention`](ChangeLog::apply_retention)
+    /// for policy-driven trimming that respects them.
     pub fn trim_before(&self, lsn: u64) -> Result<TrimReport, LogError> {
-        let _serial = lock(&self.shared.trim_lock);
-        let limit = lsn.min(self.committed_lsn() + 1);
-        let removed: Vec<Arc<Segment>> = {
-            let mut segs = write(&self.shared.segments);
-            let mut n = 0;
-            while n + 1 < segs.len() && segs.get(n + 1).is_some_and(|s| s.base_lsn <= limit) {
-                n += 1;
+        Ok(self
+            .trim_oldest(|segs, deletable| {
+                // Segment `i` (sealed) ends at `segs[i + 1].base_lsn - 1`.
+                (0..deletable)
+                    .take_while(|&i| segs.get(i + 1).is_some_and(|s| s.base_lsn <= lsn))
+                    .count()
+            })?
+            .0)
+    }
+
+    /// Deletes the oldest whole segments that `policy` says to drop (see the
+    /// crate docs, "Retention"), and reports what was deleted.
+    ///
+    /// * `max_age`: a sealed segment goes when its newest record timestamp
+    ///   (the largest one in it) is older than `now_us - max_age`, as long as
+    ///   every record in it is at or before the lowest consumer checkpoint
+    ///   (records a consumer has not processed yet are kept).
+    /// * `max_bytes`: while [`disk_usage_bytes`](ChangeLog::disk_usage_bytes)
+    ///   exceeds it, the oldest sealed segment goes — even past consumer
+    ///   checkpoints (a warning names the consumers whose position is
+    ///   trimmed away; they get [`LogError::Trimmed`]).
+    ///
+    /// Only a contiguous run of segments starting at the oldest is deleted;
+    /// never the active segment, never a segment holding records that are
+    /// not yet visible. `now_us` is the current time, µs since the Unix
+    /// epoch (a parameter, so that callers and tests control the clock).
+    /// Blocking file I/O.
+    pub fn apply_retention(
+        &self,
+        policy: &RetentionPolicy,
+        now_us: i64,
+    ) -> Result<TrimReport, LogError> {
+        if policy.max_age.is_none() && policy.max_bytes.is_none() {
+            return Ok(TrimReport {
+                segments_deleted: 0,
+                bytes_freed: 0,
+                oldest_lsn: self.oldest_lsn(),
+            });
+        }
+        // Read before deleting: checkpoints only move forward (unless
+        // forced), so an older view only keeps more.
+        let checkpoints = self.shared.checkpoints.list()?;
+        let min_checkpoint = checkpoints.iter().map(|c| c.lsn).min();
+        let cutoff = policy
+            .max_age
+            .map(|age| now_us.saturating_sub(i64::try_from(age.as_micros()).unwrap_or(i64::MAX)));
+        let mut by_age = 0;
+        let (report, old_oldest) = self.trim_oldest(|segs, deletable| {
+            if let Some(cutoff) = cutoff {
+                // Keep every record with lsn > min checkpoint: segment `i`
+                // may go only if its last lsn (`segs[i + 1].base_lsn - 1`)
+                // is <= the checkpoint.
+                let keep_from = min_checkpoint.map_or(u64::MAX, |c| c.saturating_add(1));
+                by_age = (0..deletable)
+                    .take_while(|&i| {
+                        segs.get(i).is_some_and(|s| read(&s.index).max_ts < cutoff)
+                            && segs.get(i + 1).is_some_and(|s| s.base_lsn <= keep_from)
+                    })
+                    .count();
             }
-            segs.drain(..n).collect()
+            let mut by_size = 0;
+            if let Some(max_bytes) = policy.max_bytes {
+                let mut total: u64 = segs.iter().map(|s| s.disk_bytes()).sum();
+                while total > max_bytes && by_size < deletable {
+                    total -= segs.get(by_size).map_or(0, |s| s.disk_bytes());
+                    by_size += 1;
+                }
+            }
+            by_age.max(by_size)
+        })?;
+        if report.segments_deleted > by_age {
+            // max_bytes went further than the checkpoints allow.
+            let trimmed: Vec<String> = checkpoints
+                .iter()
+                .filter(|c| {
+                    let next = c.lsn.saturating_add(1);
+                    next >= old_oldest && next < report.oldest_lsn
+                })
+                .map(|c| format!("{} (at lsn {})", c.name, c.lsn))
+                .collect();
+            if !trimmed.is_empty() {
+                tracing::warn!(
+                    consumers = %trimmed.join(", "),
+                    oldest_lsn = report.oldest_lsn,
+                    max_bytes = policy.max_bytes,
+                    "change log retention: size limit trimmed records that these consumers have not processed yet; they will get a trimmed error and must re-snapshot"
+                );
+            }
+        }
+        Ok(report)
+    }
+
+    /// Deletes the `n` oldest segments, `n = choose(segments, deletable)`
+    /// capped at `deletable`: the number of sealed segments, oldest first,
+    /// holding only visible records. Returns the report and the oldest lsn
+    /// from before.
+    fn trim_oldest(
+        &self,
+        choose: impl FnOnce(&[Arc<Segment>], usize) -> usize,
+    ) -> Result<(TrimReport, u64), LogError> {
+        let _serial = lock(&self.shared.trim_lock);
+        // Only grows (a discard never lowers it): a stale value is safe.
+        let visible_end = self.committed_lsn() + 1;
+        let (removed, old_oldest): (Vec<Arc<Segment>>, u64) = {
+            let mut segs = write(&self.shared.segments);
+            let old_oldest = segs.first().map_or(1, |s| s.base_lsn);
+            // Segment `i` is sealed if `i + 1` exists, and holds only
+            // visible records if it ends before `visible_end`.
+            let deletable = (0..segs.len())
+                .take_while(|&i| segs.get(i + 1).is_some_and(|s| s.base_lsn <= visible_end))
+                .count();
+            let n = choose(&segs, deletable).min(deletable);
+            (segs.drain(..n).collect(), old_oldest)
         };
         let mut bytes_freed = 0;
+        // Oldest first: a crash in between leaves a contiguous log.
         for seg in &removed {
             bytes_freed += seg.disk_bytes();
             remove_if_exists(&seg.path)?;
@@ -584,11 +781,20 @@ impl ChangeLog {
                 "change log trimmed"
             );
         }
-        Ok(TrimReport {
-            segments_deleted: removed.len(),
-            bytes_freed,
-            oldest_lsn: self.oldest_lsn(),
-        })
+        Ok((
+            TrimReport {
+                segments_deleted: removed.len(),
+                bytes_freed,
+                oldest_lsn: self.oldest_lsn(),
+            },
+            old_oldest,
+        ))
+    }
+
+    /// The consumer checkpoints stored with this log (`checkpoints.redb` in
+    /// its directory), opened by [`ChangeLog::open`].
+    pub fn checkpoints(&self) -> &CheckpointStore {
+        &self.shared.checkpoints
     }
 
     /// Bytes used by segment and index files (the active segment as of the

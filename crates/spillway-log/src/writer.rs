@@ -22,7 +22,7 @@ use crate::segment::{
     publish_index, remove_if_exists, scan_segment, sync_dir, write_file_atomically, ScanStop,
     Segment,
 };
-use crate::{AppendRecord, CommitPosition, DirGuard, Shared};
+use crate::{AppendRecord, CommitPosition, Shared};
 
 /// fsync once this many bytes are unsynced, even if more records are queued.
 pub(crate) const SYNC_BYTES: u64 = 1024 * 1024;
@@ -74,7 +74,6 @@ pub struct LogWriter {
     staged: Vec<AppendRecord>,
     staged_bytes: usize,
     thread: Option<JoinHandle<()>>,
-    _guard: DirGuard,
 }
 
 impl std::fmt::Debug for LogWriter {
@@ -92,7 +91,6 @@ impl LogWriter {
         file: File,
         index: SegmentIndex,
         last_commit: Option<CommitPosition>,
-        guard: DirGuard,
     ) -> Result<LogWriter, LogError> {
         // The queue holds batches of up to STAGE_RECORDS records.
         let (tx, rx) = mpsc::channel((shared.opts.channel_capacity / STAGE_RECORDS).max(2));
@@ -154,7 +152,6 @@ impl LogWriter {
             staged: Vec::with_capacity(STAGE_RECORDS),
             staged_bytes: 0,
             thread: Some(thread),
-            _guard: guard,
         })
     }
 

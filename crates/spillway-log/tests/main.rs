@@ -4,7 +4,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use spillway_log::{AppendRecord, ChangeLog, CommitPosition, LogError, LogOptions, LogRecord};
+use spillway_log::{
+    inspect, AppendRecord, ChangeLog, Checkpoint, CheckpointStore, CommitPosition, LogError,
+    LogOptions, LogRecord, LogSummary, RetentionPolicy,
+};
 
 fn opts(dir: &Path, segment_bytes: u64) -> LogOptions {
     LogOptions {
@@ -115,12 +118,8 @@ async fn round_trip_across_many_segments() {
     for s in &segs {
         assert!(fs::metadata(s).unwrap().len() <= 4096);
     }
-    let usage = log.disk_usage_bytes();
-    let actual: u64 = fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().metadata().unwrap().len())
-        .sum();
-    assert_eq!(usage, actual);
+    // Segments and indexes only (not LOCK and checkpoints.redb).
+    assert_eq!(log.disk_usage_bytes(), dir_bytes(dir.path()));
 
     // Batch limits.
     let mut r = log.reader(10).unwrap();
@@ -161,15 +160,48 @@ async fn lsn_must_be_dense() {
 #[tokio::test]
 async fn second_open_in_process_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (_log, w) = ChangeLog::open(opts(dir.path(), 4096)).unwrap();
+    let (log, w) = ChangeLog::open(opts(dir.path(), 4096)).unwrap();
+    let err = ChangeLog::open(opts(dir.path(), 4096)).unwrap_err();
+    assert!(matches!(err, LogError::AlreadyOpen { ref dir } if dir == log.dir()));
+    assert!(
+        err.to_string().contains("another spillway process"),
+        "{err}"
+    );
+    // The checkpoint store alone is refused too.
+    assert!(matches!(
+        spillway_log::CheckpointStore::open(dir.path()),
+        Err(LogError::AlreadyOpen { .. })
+    ));
+    // The lock lives as long as anything of the log: the writer, clones of
+    // the handle, readers, checkpoint store clones.
+    let clone = log.clone();
+    let reader = log.reader(1).unwrap();
+    let store = log.checkpoints().clone();
+    w.close().await.unwrap();
+    drop(log);
     assert!(matches!(
         ChangeLog::open(opts(dir.path(), 4096)),
         Err(LogError::AlreadyOpen { .. })
     ));
-    w.close().await.unwrap();
-    let (_log, w) = ChangeLog::open(opts(dir.path(), 4096)).unwrap();
+    drop(clone);
+    assert!(matches!(
+        ChangeLog::open(opts(dir.path(), 4096)),
+        Err(LogError::AlreadyOpen { .. })
+    ));
+    drop(reader);
+    assert!(matches!(
+        ChangeLog::open(opts(dir.path(), 4096)),
+        Err(LogError::AlreadyOpen { .. })
+    ));
+    drop(store);
+    let (log, w) = ChangeLog::open(opts(dir.path(), 4096)).unwrap();
+    // Dropping without close releases it as well.
     drop(w);
-    assert!(ChangeLog::open(opts(dir.path(), 4096)).is_ok());
+    drop(log);
+    let (_log, _w) = ChangeLog::open(opts(dir.path(), 4096)).unwrap();
+    // The pid of the holder is in the LOCK file.
+    let pid = fs::read_to_string(dir.path().join("LOCK")).unwrap();
+    assert_eq!(pid.trim(), std::process::id().to_string());
 }
 
 #[tokio::test]
@@ -647,6 +679,8 @@ async fn trim_deletes_only_whole_old_segments() {
     assert_eq!(files_with_ext(dir.path(), "seg").len(), 1);
     assert_eq!(report.oldest_lsn, *bases.last().unwrap());
     w.close().await.unwrap();
+    // Readers keep the directory locked too.
+    drop(slow_reader);
     drop(log);
 
     // Reopen after trimming: state and last_commit survive.
@@ -730,10 +764,13 @@ fn segment_bases(dir: &Path) -> Vec<u64> {
         .collect()
 }
 
+/// Bytes of segment and index files (what `disk_usage_bytes` counts).
 fn dir_bytes(dir: &Path) -> u64 {
     fs::read_dir(dir)
         .unwrap()
-        .map(|e| e.unwrap().metadata().unwrap().len())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg" || e == "idx"))
+        .map(|p| fs::metadata(p).unwrap().len())
         .sum()
 }
 
@@ -829,6 +866,7 @@ async fn discard_removes_partial_transaction_spanning_segments() {
             w.append(doomed(lsn)).await.unwrap();
         }
         w.close().await.unwrap();
+        drop((tail, idle));
         drop(log);
         let (log, w) = ChangeLog::open(opts(dir.path(), 1024)).unwrap();
         assert_eq!(log.committed_lsn(), end);
@@ -916,6 +954,7 @@ async fn discard_while_partial_records_are_still_queued() {
     assert_eq!(got.len(), 50);
     check_records(&got, 51);
     w.close().await.unwrap();
+    drop(tail);
     drop(log);
     let (log, w) = ChangeLog::open(opts(dir.path(), 1024)).unwrap();
     assert_eq!(log.committed_lsn(), 100);
@@ -968,6 +1007,7 @@ async fn discard_partial_transaction_within_the_active_segment() {
     let got = drain(&mut tail);
     assert_eq!(got.len(), 6);
     check_records(&got, 31);
+    drop(tail);
     drop(log);
     let (log, w) = ChangeLog::open(opts(dir.path(), 1 << 20)).unwrap();
     assert_eq!(log.committed_lsn(), 36);
@@ -1111,9 +1151,11 @@ async fn run_model(seed: u64, steps: usize) {
             }
             6 => {
                 w.close().await.unwrap();
+                let pos = tail.next_lsn();
+                drop(tail);
                 drop(log);
                 (log, w) = ChangeLog::open(o.clone()).unwrap();
-                tail = log.reader(tail.next_lsn()).unwrap();
+                tail = log.reader(pos).unwrap();
                 let visible = history.iter().rposition(|r| r.tx_end).map_or(0, |i| i + 1);
                 assert_eq!(
                     log.committed_lsn(),
@@ -1129,7 +1171,9 @@ async fn run_model(seed: u64, steps: usize) {
                 // (Dropping the writer actually writes everything; the
                 // truncation below simulates the loss.)
                 let durable = log.committed_lsn();
+                let pos = tail.next_lsn();
                 drop(w);
+                drop(tail);
                 drop(log);
                 let seg = files_with_ext(dir.path(), "seg").pop().unwrap();
                 let len = fs::metadata(&seg).unwrap().len();
@@ -1155,7 +1199,7 @@ async fn run_model(seed: u64, steps: usize) {
                     .set_len(cut)
                     .unwrap();
                 (log, w) = ChangeLog::open(o.clone()).unwrap();
-                tail = log.reader(tail.next_lsn()).unwrap();
+                tail = log.reader(pos).unwrap();
                 assert!(
                     log.committed_lsn() >= durable,
                     "seed {seed} step {step}: durable data lost"
@@ -1250,4 +1294,677 @@ async fn run_model(seed: u64, steps: usize) {
         }
     }
     w.close().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Consumer checkpoints
+
+fn names_and_lsns(list: &[Checkpoint]) -> Vec<(&str, u64)> {
+    list.iter().map(|c| (c.name.as_str(), c.lsn)).collect()
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
+
+#[tokio::test]
+async fn checkpoints_set_get_list_delete() {
+    fn shareable<T: Send + Sync + Clone + 'static>() {}
+    shareable::<CheckpointStore>();
+
+    let dir = tempfile::tempdir().unwrap();
+    let (log, w) = ChangeLog::open(opts(dir.path(), 4096)).unwrap();
+    assert!(dir.path().join("checkpoints.redb").exists());
+    let cps = log.checkpoints();
+    assert_eq!(cps.get("sink-a").unwrap(), None);
+    assert!(cps.list().unwrap().is_empty());
+    assert_eq!(cps.min_lsn().unwrap(), None);
+
+    let before = now_us();
+    let a = cps.set("sink-a", 5, false).unwrap();
+    assert_eq!((a.name.as_str(), a.lsn), ("sink-a", 5));
+    assert!(a.updated_at_us >= before && a.updated_at_us <= now_us());
+    cps.set("sink-b", 3, false).unwrap();
+    cps.set("audit", 9, false).unwrap();
+    assert_eq!(cps.get("sink-a").unwrap(), Some(a.clone()));
+    assert_eq!(
+        names_and_lsns(&cps.list().unwrap()),
+        vec![("audit", 9), ("sink-a", 5), ("sink-b", 3)]
+    );
+    assert_eq!(cps.min_lsn().unwrap(), Some(3));
+
+    // Never backward without force.
+    match cps.set("sink-a", 4, false) {
+        Err(LogError::CheckpointBackward {
+            name,
+            current: 5,
+            requested: 4,
+        }) => assert_eq!(name, "sink-a"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(cps.get("sink-a").unwrap().unwrap().lsn, 5);
+    // Same lsn again is fine; forward is fine; force rewinds.
+    assert_eq!(cps.set("sink-a", 5, false).unwrap().lsn, 5);
+    assert_eq!(cps.set("sink-a", 7, false).unwrap().lsn, 7);
+    assert_eq!(cps.set("sink-a", 2, true).unwrap().lsn, 2);
+    assert_eq!(cps.get("sink-a").unwrap().unwrap().lsn, 2);
+    assert_eq!(cps.min_lsn().unwrap(), Some(2));
+
+    assert!(cps.delete("sink-b").unwrap());
+    assert!(!cps.delete("sink-b").unwrap());
+    assert_eq!(cps.get("sink-b").unwrap(), None);
+    assert_eq!(
+        names_and_lsns(&cps.list().unwrap()),
+        vec![("audit", 9), ("sink-a", 2)]
+    );
+
+    // Names: 1 to 256 bytes.
+    assert!(matches!(
+        cps.set("", 1, false),
+        Err(LogError::InvalidCheckpointName { .. })
+    ));
+    assert!(matches!(
+        cps.get(&"x".repeat(257)),
+        Err(LogError::InvalidCheckpointName { .. })
+    ));
+    assert_eq!(cps.set(&"x".repeat(256), 1, false).unwrap().lsn, 1);
+    assert!(cps.delete(&"x".repeat(256)).unwrap());
+
+    // Clones share the database; concurrent sets never move backward.
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let cps = cps.clone();
+            std::thread::spawn(move || {
+                for i in 0..25u64 {
+                    match cps.set("race", i * 4 + t, false) {
+                        Ok(c) => assert_eq!(c.lsn, i * 4 + t),
+                        Err(LogError::CheckpointBackward {
+                            current, requested, ..
+                        }) => {
+                            assert!(current > requested)
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(cps.get("race").unwrap().unwrap().lsn, 99);
+    w.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn checkpoints_survive_close_reopen_and_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, mut w) = ChangeLog::open(opts(dir.path(), 1024)).unwrap();
+    append_range(&mut w, 1, 50, 5).await;
+    w.flush().await.unwrap();
+    let a = log.checkpoints().set("a", 20, false).unwrap();
+    w.close().await.unwrap();
+    drop(log);
+
+    let (log, mut w) = ChangeLog::open(opts(dir.path(), 1024)).unwrap();
+    assert_eq!(log.checkpoints().get("a").unwrap(), Some(a));
+    append_range(&mut w, 51, 60, 5).await;
+    w.flush().await.unwrap();
+    let b = log.checkpoints().set("b", 55, false).unwrap();
+    log.checkpoints().set("a", 40, false).unwrap();
+    // Dropped without close.
+    drop(w);
+    drop(log);
+
+    let (log, w) = ChangeLog::open(opts(dir.path(), 1024)).unwrap();
+    assert_eq!(log.committed_lsn(), 60);
+    assert_eq!(log.checkpoints().get("b").unwrap(), Some(b));
+    assert_eq!(log.checkpoints().get("a").unwrap().unwrap().lsn, 40);
+    drop((log, w));
+
+    // Without the log, e.g. for an admin command.
+    let store = CheckpointStore::open(dir.path()).unwrap();
+    assert_eq!(
+        names_and_lsns(&store.list().unwrap()),
+        vec![("a", 40), ("b", 55)]
+    );
+    assert!(matches!(
+        ChangeLog::open(opts(dir.path(), 1024)),
+        Err(LogError::AlreadyOpen { .. })
+    ));
+    assert!(store.delete("a").unwrap());
+    drop(store);
+    let (log, _w) = ChangeLog::open(opts(dir.path(), 1024)).unwrap();
+    assert_eq!(
+        names_and_lsns(&log.checkpoints().list().unwrap()),
+        vec![("b", 55)]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Child processes (for the lock and for crashes): the test binary runs
+// itself with only `child_process_entry` selected.
+
+const CHILD_MODE: &str = "SPILLWAY_LOG_TEST_CHILD_MODE";
+const CHILD_DIR: &str = "SPILLWAY_LOG_TEST_CHILD_DIR";
+
+fn run_child(mode: &str, dir: &Path) -> std::process::Output {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "child_process_entry",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_MODE, mode)
+        .env(CHILD_DIR, dir)
+        .output()
+        .unwrap()
+}
+
+fn summary_line(s: &LogSummary) -> String {
+    format!(
+        "SUMMARY oldest={} current={} segments={} usage={}",
+        s.oldest_lsn, s.current_lsn, s.segments, s.disk_usage_bytes
+    )
+}
+
+/// Does nothing unless started by `run_child`.
+#[test]
+fn child_process_entry() {
+    let Ok(mode) = std::env::var(CHILD_MODE) else {
+        return;
+    };
+    let dir = PathBuf::from(std::env::var_os(CHILD_DIR).unwrap());
+    match mode.as_str() {
+        "expect-locked" => {
+            match ChangeLog::open(opts(&dir, 1024)) {
+                Err(e @ LogError::AlreadyOpen { .. }) => {
+                    assert!(e.to_string().contains("another spillway process"), "{e}");
+                }
+                other => panic!("expected AlreadyOpen, got {other:?}"),
+            }
+            assert!(matches!(
+                CheckpointStore::open(&dir),
+                Err(LogError::AlreadyOpen { .. })
+            ));
+            // Read-only inspection works meanwhile.
+            let s = inspect(&dir).unwrap();
+            assert!(s.checkpoints.is_empty());
+            assert!(s.checkpoints_unavailable.is_some());
+            println!("{}", summary_line(&s));
+        }
+        "expect-unlocked" => {
+            let (log, w) = ChangeLog::open(opts(&dir, 1024)).unwrap();
+            println!("COMMITTED {}", log.committed_lsn());
+            drop((log, w));
+        }
+        "crash" => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let (log, mut w) = ChangeLog::open(opts(&dir, 1024)).unwrap();
+                append_range(&mut w, 1, 80, 10).await;
+                w.flush().await.unwrap();
+                log.checkpoints().set("crashy", 17, false).unwrap();
+                log.checkpoints().set("other", 3, false).unwrap();
+                log.checkpoints().set("crashy", 33, false).unwrap();
+                // Die without running any destructor.
+                std::process::exit(0);
+            });
+        }
+        other => panic!("unknown child mode {other}"),
+    }
+}
+
+#[tokio::test]
+async fn lock_excludes_other_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, mut w) = ChangeLog::open(opts(dir.path(), 1024)).unwrap();
+    append_range(&mut w, 1, 100, 10).await;
+    w.flush().await.unwrap();
+    log.trim_before(30).unwrap();
+    let out = run_child("expect-locked", dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = format!(
+        "SUMMARY oldest={} current=100 segments={} usage={}",
+        log.oldest_lsn(),
+        segment_bases(dir.path()).len(),
+        log.disk_usage_bytes()
+    );
+    assert!(stdout.contains(&expected), "{stdout}\nexpected {expected}");
+    w.close().await.unwrap();
+    drop(log);
+
+    let out = run_child("expect-unlocked", dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("COMMITTED 100"), "{stdout}");
+}
+
+#[tokio::test]
+async fn checkpoints_survive_a_process_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_child("crash", dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The log can be inspected right after the crash; the checkpoints only
+    // once the next open has repaired their database.
+    let s = inspect(dir.path()).unwrap();
+    assert_eq!(s.current_lsn, 80);
+    assert!(s.checkpoints.is_empty());
+    assert!(
+        s.checkpoints_unavailable
+            .as_deref()
+            .is_some_and(|r| r.contains("repair")),
+        "{s:?}"
+    );
+    let (log, w) = ChangeLog::open(opts(dir.path(), 1024)).unwrap();
+    assert_eq!(log.committed_lsn(), 80);
+    assert_eq!(log.checkpoints().get("crashy").unwrap().unwrap().lsn, 33);
+    assert_eq!(log.checkpoints().min_lsn().unwrap(), Some(3));
+    log.checkpoints().set("other", 70, false).unwrap();
+    w.close().await.unwrap();
+    drop(log);
+    let s = inspect(dir.path()).unwrap();
+    assert_eq!(s.checkpoints_unavailable, None);
+    assert_eq!(
+        names_and_lsns(&s.checkpoints),
+        vec![("crashy", 33), ("other", 70)]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Retention
+
+fn age_policy(max_age: Duration) -> RetentionPolicy {
+    RetentionPolicy {
+        max_age: Some(max_age),
+        max_bytes: None,
+    }
+}
+
+fn ts_of(lsn: u64) -> i64 {
+    rec(lsn, false).timestamp_us
+}
+
+#[tokio::test]
+async fn retention_by_age_deletes_old_sealed_segments_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, mut w) = ChangeLog::open(opts(dir.path(), 2048)).unwrap();
+    append_range(&mut w, 1, 600, 5).await;
+    w.flush().await.unwrap();
+    let bases = segment_bases(dir.path());
+    assert!(bases.len() > 8);
+    let usage_before = log.disk_usage_bytes();
+    let mut reader = log.reader(1).unwrap();
+    reader.read_batch(3, usize::MAX).unwrap();
+
+    // No limits: nothing happens.
+    let report = log
+        .apply_retention(&RetentionPolicy::default(), i64::MAX)
+        .unwrap();
+    assert_eq!(report.segments_deleted, 0);
+    assert_eq!(report.oldest_lsn, 1);
+
+    // Cut-off just after the first record of segment 3: segments 0..=2
+    // are entirely older, segment 3 has newer records.
+    let max_age = Duration::from_secs(60);
+    let now = ts_of(bases[3] + 1) + max_age.as_micros() as i64;
+    let report = log.apply_retention(&age_policy(max_age), now).unwrap();
+    assert_eq!(report.segments_deleted, 3);
+    assert_eq!(report.oldest_lsn, bases[3]);
+    assert_eq!(log.oldest_lsn(), bases[3]);
+    assert_eq!(log.disk_usage_bytes(), usage_before - report.bytes_freed);
+    assert_eq!(segment_bases(dir.path()), bases[3..].to_vec());
+    assert_eq!(dir_bytes(dir.path()), log.disk_usage_bytes());
+    // Idempotent.
+    let again = log.apply_retention(&age_policy(max_age), now).unwrap();
+    assert_eq!(again.segments_deleted, 0);
+    // A segment whose newest record is exactly at the cut-off stays.
+    let at_cutoff = ts_of(bases[4] - 1) + max_age.as_micros() as i64;
+    assert_eq!(
+        log.apply_retention(&age_policy(max_age), at_cutoff)
+            .unwrap()
+            .segments_deleted,
+        0
+    );
+    assert_eq!(
+        log.apply_retention(&age_policy(max_age), at_cutoff + 1)
+            .unwrap()
+            .segments_deleted,
+        1
+    );
+
+    // A reader positioned in a deleted segment is told so.
+    match reader.read_batch(10, usize::MAX) {
+        Err(LogError::Trimmed {
+            requested: 4,
+            oldest,
+        }) => assert_eq!(oldest, bases[4]),
+        other => panic!("{other:?}"),
+    }
+
+    // Everything is old: every sealed segment goes, the active one stays.
+    let report = log
+        .apply_retention(&age_policy(Duration::ZERO), i64::MAX)
+        .unwrap();
+    assert_eq!(report.segments_deleted, bases.len() - 5);
+    assert_eq!(segment_bases(dir.path()), vec![*bases.last().unwrap()]);
+    let all = read_all(&log, 1).unwrap();
+    assert_eq!(all[0].lsn, *bases.last().unwrap());
+    assert_eq!(all.last().unwrap().lsn, 600);
+    w.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn retention_keeps_active_segment_and_invisible_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, mut w) = ChangeLog::open(opts(dir.path(), 1024)).unwrap();
+    // Only the active segment: nothing to delete.
+    append_range(&mut w, 1, 5, 5).await;
+    w.flush().await.unwrap();
+    let all_limits = RetentionPolicy {
+        max_age: Some(Duration::ZERO),
+        max_bytes: Some(0),
+    };
+    let report = log.apply_retention(&all_limits, i64::MAX).unwrap();
+    assert_eq!(report.segments_deleted, 0);
+    assert_eq!(read_all(&log, 1).unwrap().len(), 5);
+
+    // An unfinished transaction spanning segments.
+    append_range(&mut w, 6, 10, 5).await;
+    for lsn in 11..=200 {
+        w.append(rec(lsn, false)).await.unwrap();
+    }
+    w.flush().await.unwrap();
+    assert_eq!(log.committed_lsn(), 10);
+    assert!(segment_bases(dir.path()).len() > 3);
+    log.apply_retention(&all_limits, i64::MAX).unwrap();
+    // The segment holding lsn 11 (not yet visible) and all after remain.
+    assert!(log.oldest_lsn() <= 11);
+    w.append(rec(201, true)).await.unwrap();
+    w.flush().await.unwrap();
+    let all = read_all(&log, 11).unwrap();
+    assert_eq!(all.len(), 191);
+    check_records(&all, 11);
+    // Now visible: all but the active segment go.
+    log.apply_retention(&all_limits, i64::MAX).unwrap();
+    assert_eq!(segment_bases(dir.path()).len(), 1);
+    w.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn checkpoint_protects_records_from_age_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, mut w) = ChangeLog::open(opts(dir.path(), 2048)).unwrap();
+    append_range(&mut w, 1, 600, 5).await;
+    w.flush().await.unwrap();
+    let bases = segment_bases(dir.path());
+    let cps = log.checkpoints();
+    let everything_old = age_policy(Duration::ZERO);
+
+    // A consumer that has processed nothing protects everything.
+    cps.set("new", 0, false).unwrap();
+    assert_eq!(
+        log.apply_retention(&everything_old, i64::MAX)
+            .unwrap()
+            .segments_deleted,
+        0
+    );
+    assert!(cps.delete("new").unwrap());
+
+    // The slowest consumer is in the middle of segment 2.
+    let slow = bases[2] + 5;
+    cps.set("slow", slow, false).unwrap();
+    cps.set("fast", 590, false).unwrap();
+    let report = log.apply_retention(&everything_old, i64::MAX).unwrap();
+    assert_eq!(report.segments_deleted, 2);
+    assert_eq!(log.oldest_lsn(), bases[2]);
+    // Every record the slow consumer has not processed is still there.
+    let rest = read_all(&log, slow + 1).unwrap();
+    assert_eq!(rest.len() as u64, 600 - slow);
+    check_records(&rest, slow + 1);
+
+    // A checkpoint on a segment's last record frees that segment.
+    cps.set("slow", bases[4] - 1, false).unwrap();
+    let report = log.apply_retention(&everything_old, i64::MAX).unwrap();
+    assert_eq!(report.segments_deleted, 2);
+    assert_eq!(report.oldest_lsn, bases[4]);
+
+    // Age still applies under the checkpoint: nothing is old enough here.
+    cps.set("slow", 600, false).unwrap();
+    let report = log
+        .apply_retention(&age_policy(Duration::from_secs(3600)), ts_of(600))
+        .unwrap();
+    assert_eq!(report.segments_deleted, 0);
+
+    // Manual trim ignores checkpoints.
+    cps.set("slow", 0, true).unwrap();
+    let report = log.trim_before(bases[6]).unwrap();
+    assert_eq!(report.segments_deleted, 2);
+    assert_eq!(log.oldest_lsn(), bases[6]);
+    assert_eq!(cps.get("slow").unwrap().unwrap().lsn, 0);
+    w.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn max_bytes_overrides_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, mut w) = ChangeLog::open(opts(dir.path(), 2048)).unwrap();
+    append_range(&mut w, 1, 600, 5).await;
+    w.flush().await.unwrap();
+    let bases = segment_bases(dir.path());
+    // Bytes of each segment with its index, oldest first.
+    let sizes: Vec<u64> = bases
+        .iter()
+        .map(|b| {
+            let seg = dir.path().join(format!("{b:020}.seg"));
+            let idx = dir.path().join(format!("{b:020}.idx"));
+            fs::metadata(seg).unwrap().len() + fs::metadata(idx).map_or(0, |m| m.len())
+        })
+        .collect();
+    let total: u64 = sizes.iter().sum();
+    assert_eq!(total, log.disk_usage_bytes());
+
+    // A lagging consumer at lsn 10, reading.
+    log.checkpoints().set("lagging", 10, false).unwrap();
+    let mut reader = log.reader(11).unwrap();
+    assert_eq!(reader.read_batch(2, usize::MAX).unwrap().len(), 2);
+    // Age alone is held back by it (segment 0 ends after lsn 10).
+    assert!(bases[1] > 11);
+    let both = RetentionPolicy {
+        max_age: Some(Duration::ZERO),
+        max_bytes: Some(total / 2),
+    };
+    let age_only = RetentionPolicy {
+        max_bytes: None,
+        ..both
+    };
+    assert_eq!(
+        log.apply_retention(&age_only, i64::MAX)
+            .unwrap()
+            .segments_deleted,
+        0
+    );
+
+    // The size limit goes past it, and no further than needed.
+    let report = log.apply_retention(&both, i64::MAX).unwrap();
+    let mut expect_n = 0;
+    let mut left = total;
+    while left > total / 2 {
+        left -= sizes[expect_n];
+        expect_n += 1;
+    }
+    assert_eq!(report.segments_deleted, expect_n);
+    assert_eq!(report.bytes_freed, total - left);
+    assert_eq!(log.disk_usage_bytes(), left);
+    assert!(log.disk_usage_bytes() <= total / 2);
+    assert_eq!(log.oldest_lsn(), bases[expect_n]);
+    match reader.read_batch(10, usize::MAX) {
+        Err(LogError::Trimmed {
+            requested: 13,
+            oldest,
+        }) => assert_eq!(oldest, bases[expect_n]),
+        other => panic!("{other:?}"),
+    }
+    // The checkpoint itself is untouched.
+    assert_eq!(log.checkpoints().get("lagging").unwrap().unwrap().lsn, 10);
+
+    // Under the limit: nothing more.
+    assert_eq!(
+        log.apply_retention(&both, i64::MAX)
+            .unwrap()
+            .segments_deleted,
+        0
+    );
+    // A limit below the active segment: everything else goes.
+    let report = log
+        .apply_retention(
+            &RetentionPolicy {
+                max_age: None,
+                max_bytes: Some(0),
+            },
+            0,
+        )
+        .unwrap();
+    assert_eq!(report.segments_deleted, bases.len() - 1 - expect_n);
+    assert_eq!(segment_bases(dir.path()), vec![*bases.last().unwrap()]);
+    w.close().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Read-only inspection
+
+/// Names, sizes and modification times of every file in `dir`.
+fn dir_snapshot(dir: &Path) -> Vec<(String, u64, std::time::SystemTime)> {
+    let mut v: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            (
+                e.file_name().into_string().unwrap(),
+                m.len(),
+                m.modified().unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn inspect_matches_an_open_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, mut w) = ChangeLog::open(opts(dir.path(), 2048)).unwrap();
+
+    // A fresh log.
+    let s = inspect(dir.path()).unwrap();
+    assert_eq!(
+        (s.oldest_lsn, s.current_lsn, s.segments),
+        (1, 0, 1),
+        "{s:?}"
+    );
+    assert_eq!(s.disk_usage_bytes, log.disk_usage_bytes());
+    assert_eq!((s.oldest_timestamp_us, s.newest_timestamp_us), (None, None));
+
+    append_range(&mut w, 1, 600, 5).await;
+    // An unfinished transaction at the end (written, not visible).
+    for lsn in 601..=640 {
+        w.append(rec(lsn, false)).await.unwrap();
+    }
+    w.flush().await.unwrap();
+    log.trim_before(100).unwrap();
+    log.checkpoints().set("sink", 300, false).unwrap();
+
+    let before = dir_snapshot(dir.path());
+    let s = inspect(dir.path()).unwrap();
+    assert_eq!(dir_snapshot(dir.path()), before, "inspect changed files");
+    let oldest = log.oldest_lsn();
+    assert!(oldest > 1);
+    assert_eq!(s.oldest_lsn, oldest);
+    assert_eq!(s.current_lsn, log.committed_lsn());
+    assert_eq!(s.current_lsn, 600);
+    assert_eq!(s.segments, segment_bases(dir.path()).len());
+    assert_eq!(s.disk_usage_bytes, log.disk_usage_bytes());
+    assert_eq!(s.oldest_timestamp_us, Some(ts_of(oldest)));
+    assert_eq!(
+        s.newest_timestamp_us,
+        Some(log.last_commit().unwrap().timestamp_us)
+    );
+    // The open log holds the checkpoint database.
+    assert!(s.checkpoints.is_empty());
+    assert!(s.checkpoints_unavailable.is_some());
+    // inspect held no lock: the log carries on.
+    append_range(&mut w, 641, 650, 5).await;
+    w.flush().await.unwrap();
+    assert_eq!(inspect(dir.path()).unwrap().current_lsn, 650);
+    w.close().await.unwrap();
+    drop(log);
+
+    let before = dir_snapshot(dir.path());
+    let s = inspect(dir.path()).unwrap();
+    assert_eq!(dir_snapshot(dir.path()), before, "inspect changed files");
+    assert_eq!(s.checkpoints_unavailable, None);
+    assert_eq!(names_and_lsns(&s.checkpoints), vec![("sink", 300)]);
+    let (log, w) = ChangeLog::open(opts(dir.path(), 2048)).unwrap();
+    assert_eq!(log.committed_lsn(), s.current_lsn);
+    assert_eq!(log.oldest_lsn(), s.oldest_lsn);
+    assert_eq!(log.checkpoints().list().unwrap(), s.checkpoints);
+    w.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn inspect_when_every_commit_was_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, mut w) = ChangeLog::open(opts(dir.path(), 1024)).unwrap();
+    append_range(&mut w, 1, 30, 30).await;
+    for lsn in 31..=200 {
+        w.append(rec(lsn, false)).await.unwrap();
+    }
+    w.flush().await.unwrap();
+    log.trim_before(u64::MAX).unwrap();
+    let s = inspect(dir.path()).unwrap();
+    assert_eq!(s.current_lsn, 30);
+    assert_eq!(s.oldest_lsn, log.oldest_lsn());
+    // The oldest segment holds no visible record; the last commit's time
+    // comes from its header.
+    if s.oldest_lsn > 30 {
+        assert_eq!(s.oldest_timestamp_us, None);
+    }
+    assert_eq!(s.newest_timestamp_us, Some(ts_of(30)));
+    w.close().await.unwrap();
+}
+
+#[test]
+fn inspect_of_missing_or_empty_dir_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope");
+    let err = inspect(&missing).unwrap_err();
+    assert!(matches!(err, LogError::NotALog { .. }), "{err:?}");
+    assert!(err.to_string().contains("no change log in"), "{err}");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    assert!(!missing.exists());
+
+    let err = inspect(dir.path()).unwrap_err();
+    assert!(matches!(err, LogError::NotALog { .. }), "{err:?}");
+    assert!(err.to_string().contains("no segment files"), "{err}");
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+
+    let file = dir.path().join("file");
+    fs::write(&file, b"x").unwrap();
+    assert!(matches!(inspect(&file), Err(LogError::NotALog { .. })));
 }

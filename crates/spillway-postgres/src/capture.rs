@@ -66,6 +66,11 @@ pub struct SourceStatus {
     pub last_commit_time_us: AtomicI64,
     /// Events appended since start.
     pub events_captured: AtomicU64,
+    /// WAL bytes the slot holds back on the server (`pg_current_wal_lsn() - restart_lsn`),
+    /// refreshed with every periodic status update.
+    pub wal_retained_bytes: AtomicU64,
+    /// Milliseconds from the last captured commit to its capture.
+    pub lag_ms: AtomicU64,
     /// Last error, for `/v1/status`.
     pub last_error: Mutex<Option<String>>,
 }
@@ -254,6 +259,9 @@ async fn run_once(
             }
             _ = ticker.tick() => {
                 stream.send_status(confirmed, confirmed, false).await?;
+                if let Some(bytes) = catalog::retained_wal_bytes(&mut catalog_conn, &cfg.slot).await? {
+                    status.wal_retained_bytes.store(bytes, Ordering::Relaxed);
+                }
             }
             msg = stream.recv() => {
                 match msg? {
@@ -293,7 +301,10 @@ async fn run_once(
                                 } else if let Some(p) = pending.take() {
                                     append(writer, p, true, c.end_lsn, status).await?;
                                     appended_end = c.end_lsn;
-                                    status.last_commit_time_us.store(spillway_pgoutput::message::pg_epoch_to_unix_micros(c.timestamp), Ordering::Relaxed);
+                                    let commit_us = spillway_pgoutput::message::pg_epoch_to_unix_micros(c.timestamp);
+                                    status.last_commit_time_us.store(commit_us, Ordering::Relaxed);
+                                    let lag_us = unix_now_us().saturating_sub(commit_us).max(0);
+                                    status.lag_ms.store((lag_us / 1000) as u64, Ordering::Relaxed);
                                 } else {
                                     // Nothing of this transaction passed the filters.
                                     idle_confirmable = idle_confirmable.max(c.end_lsn);
@@ -335,6 +346,13 @@ async fn run_once(
             }
         }
     }
+}
+
+fn unix_now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }
 
 async fn append(

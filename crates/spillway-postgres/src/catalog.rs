@@ -436,3 +436,20 @@ pub async fn primary_key(conn: &mut PgConnection, rel_oid: u32) -> Result<Vec<St
         .filter_map(|r| r.into_iter().next().flatten())
         .collect())
 }
+
+/// WAL bytes slot `slot` holds back on the server; `None` when the slot is gone.
+pub async fn retained_wal_bytes(
+    conn: &mut PgConnection,
+    slot: &str,
+) -> Result<Option<u64>, PgError> {
+    let v = scalar(
+        conn,
+        &format!(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint FROM pg_replication_slots WHERE slot_name = {}",
+            quote_literal(slot)
+        ),
+    )
+    .await?;
+    Ok(v.and_then(|b| b.parse::<i64>().ok())
+        .map(|b| b.max(0) as u64))
+}

@@ -26,11 +26,21 @@ fn err(msg: impl Into<String>) -> ConfigError {
 
 /// A DSN that never shows its password in `Debug` or logs.
 #[derive(Clone, PartialEq, Eq)]
+pub struct Dsn(pub String);
+
+impl fmt::Debug for Dsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&spillway_postgres::dsn::redact(&self.0))
+    }
+}
+
+/// A secret (token) that never shows in `Debug` or logs.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&spillway_postgres::dsn::redact(&self.0))
+        f.write_str("<redacted>")
     }
 }
 
@@ -74,6 +84,10 @@ struct RawLog {
     dir: Option<PathBuf>,
     /// Segment size, e.g. "64MiB".
     segment_bytes: Option<Size>,
+    /// Keep records at least this long, e.g. "168h" (whole segments are deleted after).
+    retention: Option<String>,
+    /// Cap on the log's disk usage, e.g. "10GiB" (may trim past consumer checkpoints).
+    max_bytes: Option<Size>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -81,6 +95,8 @@ struct RawLog {
 struct RawApi {
     /// Address of the HTTP API.
     listen: Option<String>,
+    /// Bearer token required on every endpoint but /healthz.
+    token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,7 +121,7 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
     /// The DSN (redacted in Debug).
-    pub dsn: Secret,
+    pub dsn: Dsn,
     /// Parsed DSN.
     pub connect: spillway_postgres::ConnectConfig,
     /// Slot name.
@@ -123,6 +139,10 @@ pub struct LogConfig {
     pub dir: PathBuf,
     /// Segment size in bytes.
     pub segment_bytes: u64,
+    /// Retention by age (`None` = keep forever).
+    pub retention: Option<std::time::Duration>,
+    /// Retention by size (`None` = no cap).
+    pub max_bytes: Option<u64>,
 }
 
 /// `[api]`, validated.
@@ -130,10 +150,14 @@ pub struct LogConfig {
 pub struct ApiConfig {
     /// Listen address.
     pub listen: SocketAddr,
+    /// Bearer token (never logged).
+    pub token: Option<Secret>,
 }
 
 /// Default segment size: 64 MiB.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+/// Default retention by age: 7 days.
+pub const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(168 * 3600);
 /// Default API address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7654";
 
@@ -148,7 +172,10 @@ const KEYS: &[(&str, &str, Option<&str>)] = &[
     ("source", "output_plugin", Some("OUTPUT_PLUGIN")),
     ("log", "dir", None),
     ("log", "segment_bytes", None),
+    ("log", "retention", None),
+    ("log", "max_bytes", None),
     ("api", "listen", None),
+    ("api", "token", None),
 ];
 
 /// The environment variable that overrides `section.key`.
@@ -300,6 +327,24 @@ fn json_to_toml(v: &serde_json::Value) -> Option<toml::Value> {
     })
 }
 
+/// Parses "168h", "30m", "45s", "500ms", "7d", "0" (= forever).
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let secs = |m: u64| n.checked_mul(m).map(std::time::Duration::from_secs);
+    match unit.trim() {
+        "ms" => Some(std::time::Duration::from_millis(n)),
+        "" | "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        "w" => secs(7 * 86_400),
+        _ => None,
+    }
+}
+
 /// Parses "64MiB", "10GiB", "512KiB", "1MB", "4096".
 pub fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
@@ -391,15 +436,57 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             "log.segment_bytes = {segment_bytes} is too small; use at least 4KiB"
         )));
     }
+    let retention = match raw.log.retention {
+        None => Some(DEFAULT_RETENTION),
+        Some(t) => match parse_duration(&t) {
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+            None => {
+                return Err(err(format!(
+                    "log.retention = `{t}` is not a duration; write e.g. \"168h\", \"7d\" or \"0\" to keep everything"
+                )))
+            }
+        },
+    };
+    let max_bytes = match raw.log.max_bytes {
+        None => None,
+        Some(Size::Int(n)) => Some(n),
+        Some(Size::Text(s)) => Some(parse_size(&s).ok_or_else(|| {
+            err(format!(
+                "log.max_bytes = `{s}` is not a size; write e.g. \"10GiB\""
+            ))
+        })?),
+    };
+    if max_bytes.is_some_and(|m| m < 2 * segment_bytes) {
+        return Err(err(format!(
+            "log.max_bytes must be at least two segments ({} bytes with log.segment_bytes = {segment_bytes})",
+            2 * segment_bytes
+        )));
+    }
+    let token = match raw.api.token {
+        Some(t) if t.trim().is_empty() => {
+            return Err(err(
+                "api.token is empty; set a long random string or remove the key",
+            ))
+        }
+        Some(t) => Some(Secret(t)),
+        None => None,
+    };
     let listen_text = raw.api.listen.unwrap_or_else(|| DEFAULT_LISTEN.into());
     let listen: SocketAddr = listen_text.parse().map_err(|_| {
         err(format!(
             "api.listen = `{listen_text}` is not an address; write host:port, e.g. \"127.0.0.1:7654\""
         ))
     })?;
+    if !listen.ip().is_loopback() && token.is_none() {
+        return Err(err(format!(
+            "api.listen = {listen} is reachable from other machines but api.token is not set; set [api] token = \"<long random string>\" (or {}) to require a bearer token, or listen on 127.0.0.1",
+            env_name("api", "token")
+        )));
+    }
     Ok(Config {
         source: SourceConfig {
-            dsn: Secret(dsn),
+            dsn: Dsn(dsn),
             connect,
             slot,
             publication,
@@ -411,8 +498,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 .dir
                 .unwrap_or_else(|| PathBuf::from("./spillway-data")),
             segment_bytes,
+            retention,
+            max_bytes,
         },
-        api: ApiConfig { listen },
+        api: ApiConfig { listen, token },
     })
 }
 
@@ -554,6 +643,68 @@ listen = "127.0.0.1:7654"
             assert!(!e.contains('\n'), "multi-line: {e}");
             assert!(e.contains(needle), "`{e}` does not mention `{needle}`");
         }
+    }
+
+    #[test]
+    fn retention_token_and_exposure() {
+        let base = "[source]\ndsn = \"postgres://h/db\"\n";
+        let c = Config::from_parts(Some(("f", base)), &[]).unwrap();
+        assert_eq!(c.log.retention, Some(DEFAULT_RETENTION));
+        assert_eq!(c.log.max_bytes, None);
+        let c = Config::from_parts(
+            Some((
+                "f",
+                &format!("{base}[log]\nretention = \"2h\"\nmax_bytes = \"1GiB\"\n"),
+            )),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.log.retention, Some(std::time::Duration::from_secs(7200)));
+        assert_eq!(c.log.max_bytes, Some(1 << 30));
+        let c = Config::from_parts(
+            Some(("f", &format!("{base}[log]\nretention = \"0\"\n"))),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.log.retention, None);
+        // beyond loopback needs a token
+        let e = Config::from_parts(
+            Some(("f", &format!("{base}[api]\nlisten = \"0.0.0.0:7654\"\n"))),
+            &[],
+        )
+        .unwrap_err()
+        .0;
+        assert!(e.contains("api.token") && !e.contains('\n'), "{e}");
+        let c = Config::from_parts(
+            Some(("f", &format!("{base}[api]\nlisten = \"0.0.0.0:7654\"\n"))),
+            &env(&[("SPILLWAY_API_TOKEN", "s3cr3t")]),
+        )
+        .unwrap();
+        assert_eq!(c.api.token.as_ref().map(|t| t.0.as_str()), Some("s3cr3t"));
+        assert!(
+            !format!("{c:?}").contains("s3cr3t"),
+            "tokens never show in Debug"
+        );
+        for (bad, needle) in [
+            ("[log]\nretention = \"soon\"\n", "log.retention"),
+            ("[log]\nmax_bytes = \"lots\"\n", "log.max_bytes"),
+            ("[log]\nmax_bytes = 10\n", "log.max_bytes"),
+            ("[api]\ntoken = \"\"\n", "api.token"),
+        ] {
+            let e = Config::from_parts(Some(("f", &format!("{base}{bad}"))), &[])
+                .unwrap_err()
+                .0;
+            assert!(e.contains(needle), "{e}");
+        }
+        assert_eq!(
+            parse_duration("500ms"),
+            Some(std::time::Duration::from_millis(500))
+        );
+        assert_eq!(
+            parse_duration("7d"),
+            Some(std::time::Duration::from_secs(604_800))
+        );
+        assert_eq!(parse_duration("x"), None);
     }
 
     #[test]

@@ -92,6 +92,46 @@ impl Running {
     }
 }
 
+/// How often retention runs: every 30 s, or half the retention when that is shorter.
+fn retention_interval(policy: &spillway_log::RetentionPolicy) -> Duration {
+    let half = policy
+        .max_age
+        .map(|a| a / 2)
+        .unwrap_or(Duration::from_secs(30));
+    half.clamp(Duration::from_millis(200), Duration::from_secs(30))
+}
+
+/// Applies the retention policy now and every [`retention_interval`] (whole segments;
+/// never past a named consumer's checkpoint unless `max_bytes` forces it).
+async fn retention_task(
+    log: ChangeLog,
+    policy: spillway_log::RetentionPolicy,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if policy.max_age.is_none() && policy.max_bytes.is_none() {
+        return;
+    }
+    loop {
+        let l = log.clone();
+        let now = api::now_us();
+        match tokio::task::spawn_blocking(move || l.apply_retention(&policy, now)).await {
+            Ok(Ok(report)) if report.segments_deleted > 0 => tracing::info!(
+                segments = report.segments_deleted,
+                bytes = report.bytes_freed,
+                oldest_lsn = report.oldest_lsn,
+                "retention trimmed the change log"
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "retention failed; will retry"),
+            Err(_) => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(retention_interval(&policy)) => {}
+            _ = async { shutdown.wait_for(|s| *s).await.is_ok() } => return,
+        }
+    }
+}
+
 /// Opens the log, binds the API and starts capturing. Fails at once on a bad log
 /// directory, an unusable listen address, or a server without `wal_level = logical`.
 pub async fn start(config: Config) -> Result<Running, RunError> {
@@ -133,9 +173,18 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
         slot: config.source.slot.clone(),
         publication: config.source.publication.clone(),
         database: config.source.connect.dbname.clone(),
-        heartbeat: Duration::from_secs(10),
+        retention: config.log.retention,
+        token: config.api.token.clone(),
         shutdown: shutdown_rx.clone(),
     };
+    tokio::spawn(retention_task(
+        log.clone(),
+        spillway_log::RetentionPolicy {
+            max_age: config.log.retention,
+            max_bytes: config.log.max_bytes,
+        },
+        shutdown_rx.clone(),
+    ));
     let mut api_shutdown = shutdown_rx.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, api::router(state))

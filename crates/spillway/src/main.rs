@@ -1,6 +1,7 @@
 //! `spillway` — the command line. Thin: parsing, printing and exit codes; everything else
 //! lives in the library crates.
 
+mod admin;
 mod demo;
 mod render;
 mod tail;
@@ -40,6 +41,9 @@ enum Command {
     },
     /// Print the change stream of a running Spillway.
     Tail(tail::TailArgs),
+    /// Administration (`admin cdc status`, `admin cdc trim --before-lsn N`).
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
     /// Run a throwaway PostgreSQL, capture it and show the change events live.
     Demo {
         /// Exit after the scripted part.
@@ -51,8 +55,10 @@ enum Command {
 fn init_tracing(json: bool, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -86,6 +92,10 @@ fn main() -> ExitCode {
             Command::Tail(args) => {
                 init_tracing(cli.log_json, "warn");
                 tail::tail(args).await
+            }
+            Command::Admin(cmd) => {
+                init_tracing(cli.log_json, "warn");
+                admin::run(cmd).await
             }
             Command::Demo { once } => {
                 init_tracing(cli.log_json, "warn");

@@ -12,21 +12,50 @@ pub(crate) struct TailArgs {
     #[arg(long, short)]
     config: Option<std::path::PathBuf>,
     /// Start at this lsn (inclusive).
-    #[arg(long, conflicts_with = "from")]
+    #[arg(long, conflicts_with_all = ["from", "from_timestamp", "consumer"])]
     from_lsn: Option<u64>,
+    /// Start at the first change committed at or after this time (µs since the epoch or RFC 3339).
+    #[arg(long, conflicts_with_all = ["from", "consumer"])]
+    from_timestamp: Option<String>,
     /// `beginning` or `now` (default).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "consumer")]
     from: Option<String>,
+    /// Resume after this named consumer's checkpoint.
+    #[arg(long)]
+    consumer: Option<String>,
+    /// Only these entities (comma list of schema.table or table, `*` wildcards).
+    #[arg(long)]
+    entities: Option<String>,
+    /// Leave out these entities.
+    #[arg(long)]
+    exclude_entities: Option<String>,
+    /// Only these operations (comma list of insert, update, delete, truncate).
+    #[arg(long)]
+    operations: Option<String>,
+    /// Events per batch.
+    #[arg(long)]
+    batch_size: Option<u64>,
+    /// Longest wait before a partial batch is sent.
+    #[arg(long)]
+    batch_timeout_ms: Option<u64>,
+    /// Bearer token (default: api.token of the config, or SPILLWAY_API_TOKEN).
+    #[arg(long)]
+    token: Option<String>,
     /// Raw NDJSON, one event per line.
     #[arg(long)]
     json: bool,
 }
 
 fn base_url(args: &TailArgs) -> String {
-    if let Some(u) = &args.url {
+    api_base_url(args.url.as_deref(), args.config.as_deref())
+}
+
+/// The API's base URL: `--url`, else `http://<api.listen>` of the config, else the default.
+pub(crate) fn api_base_url(url: Option<&str>, config: Option<&std::path::Path>) -> String {
+    if let Some(u) = url {
         return u.trim_end_matches('/').to_string();
     }
-    let path = args.config.clone().or_else(|| {
+    let path = config.map(std::path::PathBuf::from).or_else(|| {
         let p = std::path::PathBuf::from("spillway.toml");
         p.exists().then_some(p)
     });
@@ -39,29 +68,49 @@ fn base_url(args: &TailArgs) -> String {
     format!("http://{listen}")
 }
 
+/// The API token from the config file or the environment, if any.
+pub(crate) fn config_token(config: Option<&std::path::Path>) -> Option<String> {
+    std::env::var("SPILLWAY_API_TOKEN").ok().or_else(|| {
+        let path = config.map(std::path::PathBuf::from).or_else(|| {
+            let p = std::path::PathBuf::from("spillway.toml");
+            p.exists().then_some(p)
+        })?;
+        let text = std::fs::read_to_string(path).ok()?;
+        text.parse::<toml_like::Doc>().ok()?.api_token
+    })
+}
+
 /// Just enough to find `[api] listen` without requiring a valid `[source]`.
 mod toml_like {
     pub(crate) struct Doc {
         pub(crate) api_listen: Option<String>,
+        pub(crate) api_token: Option<String>,
     }
     impl std::str::FromStr for Doc {
         type Err = ();
         fn from_str(s: &str) -> Result<Self, ()> {
             let mut section = String::new();
             let mut api_listen = None;
+            let mut api_token = None;
             for line in s.lines() {
                 let l = line.trim();
                 if l.starts_with('[') {
                     section = l.trim_matches(|c| c == '[' || c == ']').trim().to_string();
                 } else if section == "api" {
                     if let Some((k, v)) = l.split_once('=') {
-                        if k.trim() == "listen" {
-                            api_listen = Some(v.trim().trim_matches('"').to_string());
+                        let v = Some(v.trim().trim_matches('"').to_string());
+                        match k.trim() {
+                            "listen" => api_listen = v,
+                            "token" => api_token = v,
+                            _ => {}
                         }
                     }
                 }
             }
-            Ok(Doc { api_listen })
+            Ok(Doc {
+                api_listen,
+                api_token,
+            })
         }
     }
 }

@@ -7,3 +7,4 @@
 
 mod cli;
 mod pg;
+mod pg_stream;

@@ -7,9 +7,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const WAIT: Duration = Duration::from_secs(120);
+pub(crate) const WAIT: Duration = Duration::from_secs(120);
 
-async fn cluster_with(opts: PgOptions, schema: &str) -> PgCluster {
+pub(crate) async fn cluster_with(opts: PgOptions, schema: &str) -> PgCluster {
     let cluster = tokio::task::spawn_blocking(move || PgCluster::start(opts))
         .await
         .unwrap()
@@ -21,11 +21,11 @@ async fn cluster_with(opts: PgOptions, schema: &str) -> PgCluster {
     cluster
 }
 
-async fn cluster(schema: &str) -> PgCluster {
+pub(crate) async fn cluster(schema: &str) -> PgCluster {
     cluster_with(PgOptions::default(), schema).await
 }
 
-fn config_text(cluster: &PgCluster, log_dir: &Path, extra_source: &str) -> String {
+pub(crate) fn config_text(cluster: &PgCluster, log_dir: &Path, extra_source: &str) -> String {
     format!(
         "[source]\ndsn = \"{}\"\nslot = \"spillway\"\npublication = \"spillway\"\n{extra_source}\n[log]\ndir = \"{}\"\nsegment_bytes = \"1MiB\"\n\n[api]\nlisten = \"127.0.0.1:0\"\n",
         cluster.dsn("shop"),
@@ -33,7 +33,7 @@ fn config_text(cluster: &PgCluster, log_dir: &Path, extra_source: &str) -> Strin
     )
 }
 
-async fn start(
+pub(crate) async fn start(
     cluster: &PgCluster,
     log_dir: &Path,
     extra_source: &str,
@@ -44,7 +44,7 @@ async fn start(
 }
 
 /// Reads events from the log starting at `from` until `pred` says enough (or panics after WAIT).
-async fn read_until(
+pub(crate) async fn read_until(
     log: &spillway_log::ChangeLog,
     from: u64,
     mut done: impl FnMut(&[Value]) -> bool,
@@ -91,11 +91,11 @@ async fn read_until(
     }
 }
 
-fn changes(events: &[Value]) -> Vec<&Value> {
+pub(crate) fn changes(events: &[Value]) -> Vec<&Value> {
     events.iter().filter(|e| e["type"] == "change").collect()
 }
 
-fn count_changes(n: usize) -> impl FnMut(&[Value]) -> bool {
+pub(crate) fn count_changes(n: usize) -> impl FnMut(&[Value]) -> bool {
     move |ev: &[Value]| changes(ev).len() >= n
 }
 
@@ -543,7 +543,7 @@ async fn http_stream_status_and_health() {
     running.wait().await.unwrap();
 }
 
-trait JsonBody {
+pub(crate) trait JsonBody {
     async fn json_value(self) -> Value;
 }
 
@@ -555,13 +555,13 @@ impl JsonBody for reqwest::Response {
 
 // ---------- the binary as a separate process ----------
 
-struct Proc {
+pub(crate) struct Proc {
     child: Child,
     stderr_path: std::path::PathBuf,
 }
 
 impl Proc {
-    fn start(config: &Path, workdir: &Path) -> Proc {
+    pub(crate) fn start(config: &Path, workdir: &Path) -> Proc {
         let stderr_path = workdir.join(format!(
             "stderr-{}.log",
             Instant::now().elapsed().as_nanos()
@@ -578,21 +578,21 @@ impl Proc {
         Proc { child, stderr_path }
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
-    fn kill9(mut self) {
+    pub(crate) fn kill9(mut self) {
         spillway_testkit::send_signal(self.child.id(), "KILL");
         let _ = self.child.wait();
     }
 
-    fn terminate(mut self) -> std::process::ExitStatus {
+    pub(crate) fn terminate(mut self) -> std::process::ExitStatus {
         spillway_testkit::send_signal(self.child.id(), "TERM");
         self.child.wait().unwrap()
     }
 
-    fn peak_rss_kib(&self) -> u64 {
+    pub(crate) fn peak_rss_kib(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default()
             .lines()
@@ -610,7 +610,7 @@ impl Drop for Proc {
 }
 
 /// Opens the log read-only-ish (after the process stopped) and returns every event.
-fn read_log_dir(dir: &Path) -> Vec<Value> {
+pub(crate) fn read_log_dir(dir: &Path) -> Vec<Value> {
     let (log, writer) = spillway_log::ChangeLog::open(spillway_log::LogOptions::new(dir)).unwrap();
     let mut reader = log.reader(1).unwrap();
     let mut out = Vec::new();
@@ -630,7 +630,7 @@ fn read_log_dir(dir: &Path) -> Vec<Value> {
 }
 
 /// Waits until a spillway process streams from the slot (so later writes are captured).
-async fn wait_streaming(pg: &PgCluster) {
+pub(crate) async fn wait_streaming(pg: &PgCluster) {
     let deadline = Instant::now() + WAIT;
     loop {
         let rows = pg
@@ -651,7 +651,7 @@ async fn wait_streaming(pg: &PgCluster) {
     }
 }
 
-async fn wait_confirmed_caught_up(pg: &PgCluster) {
+pub(crate) async fn wait_confirmed_caught_up(pg: &PgCluster) {
     let target = pg
         .execute("shop", "SELECT pg_current_wal_insert_lsn()::text")
         .await
@@ -675,7 +675,7 @@ async fn wait_confirmed_caught_up(pg: &PgCluster) {
     }
 }
 
-fn ids_of(events: &[Value], table: &str) -> Vec<i64> {
+pub(crate) fn ids_of(events: &[Value], table: &str) -> Vec<i64> {
     events
         .iter()
         .filter(|e| e["type"] == "change" && e["table"] == table && e["operation"] == "insert")

@@ -1,0 +1,291 @@
+//! Named consumer checkpoints, kept in `checkpoints.redb` inside the log
+//! directory (see the crate docs, "Consumer checkpoints").
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use redb::{
+    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition,
+    TableError,
+};
+
+use crate::dir_lock::DirLock;
+use crate::error::LogError;
+use crate::segment::sync_dir;
+
+/// Name of the checkpoint database inside the log directory.
+pub(crate) const CHECKPOINTS_FILE_NAME: &str = "checkpoints.redb";
+/// name → (lsn, updated_at_us).
+const TABLE: TableDefinition<'static, &str, (u64, i64)> = TableDefinition::new("checkpoints");
+/// Longest accepted checkpoint name, in bytes.
+pub(crate) const MAX_NAME_BYTES: usize = 256;
+/// Memory redb may use for caching; the table is tiny.
+const CACHE_BYTES: usize = 4 * 1024 * 1024;
+/// How long `open` waits while [`crate::inspect`] briefly holds the database
+/// open read-only (it takes a shared lock on the file for a moment).
+const OPEN_RETRY_FOR: Duration = Duration::from_secs(2);
+
+/// One consumer's position: it has processed every record up to and
+/// including `lsn`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The consumer's name.
+    pub name: String,
+    /// Last lsn the consumer has processed (0 = nothing yet).
+    pub lsn: u64,
+    /// When the checkpoint was last set, µs since the Unix epoch.
+    pub updated_at_us: i64,
+}
+
+/// Durable named consumer checkpoints of one log directory. Cheap to clone;
+/// all clones share one open database. Every method does blocking file
+/// I/O: from async code call it in `spawn_blocking`.
+///
+/// A store (any clone of it) holds the directory's lock, like the
+/// [`ChangeLog`](crate::ChangeLog) it came from.
+#[derive(Clone)]
+pub struct CheckpointStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    path: PathBuf,
+    /// Dropped after `db` (field order): the database is closed before the
+    /// directory can be opened again.
+    _lock: Arc<DirLock>,
+}
+
+impl std::fmt::Debug for CheckpointStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn db_err(op: &'static str, path: &Path, e: impl Into<redb::Error>) -> LogError {
+    LogError::CheckpointStore {
+        op,
+        path: path.to_path_buf(),
+        source: Box::new(e.into()),
+    }
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+fn validate_name(name: &str) -> Result<(), LogError> {
+    let reason = if name.is_empty() {
+        "empty"
+    } else if name.len() > MAX_NAME_BYTES {
+        "longer than 256 bytes"
+    } else {
+        return Ok(());
+    };
+    Err(LogError::InvalidCheckpointName {
+        name: name.chars().take(64).collect(),
+        reason,
+    })
+}
+
+/// Every checkpoint in `db`, sorted by name (redb keeps `&str` keys in
+/// byte order, which is `String`'s order).
+pub(crate) fn read_all(db: &impl ReadableDatabase) -> Result<Vec<Checkpoint>, redb::Error> {
+    let txn = db.begin_read()?;
+    let table = match txn.open_table(TABLE) {
+        Ok(table) => table,
+        Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for entry in table.iter()? {
+        let (name, value) = entry?;
+        let (lsn, updated_at_us) = value.value();
+        out.push(Checkpoint {
+            name: name.value().to_owned(),
+            lsn,
+            updated_at_us,
+        });
+    }
+    Ok(out)
+}
+
+impl CheckpointStore {
+    /// Opens (creating if missing) the checkpoint store of the log directory
+    /// `dir` (created if missing). Takes the directory's lock: fails with
+    /// [`LogError::AlreadyOpen`] while a [`ChangeLog`](crate::ChangeLog) or
+    /// another store has the directory open, here or in another process.
+    /// Use [`ChangeLog::checkpoints`](crate::ChangeLog::checkpoints) when the
+    /// log is open.
+    pub fn open(dir: &Path) -> Result<CheckpointStore, LogError> {
+        std::fs::create_dir_all(dir).map_err(|e| LogError::io("create directory", dir, e))?;
+        let lock = Arc::new(DirLock::acquire(dir)?);
+        CheckpointStore::open_locked(dir, lock)
+    }
+
+    /// Opens the store of `dir`, whose lock the caller holds.
+    pub(crate) fn open_locked(dir: &Path, lock: Arc<DirLock>) -> Result<CheckpointStore, LogError> {
+        let path = dir.join(CHECKPOINTS_FILE_NAME);
+        let existed = path.exists();
+        let started = Instant::now();
+        let db = loop {
+            match Database::builder()
+                .set_cache_size(CACHE_BYTES)
+                .create(&path)
+            {
+                Ok(db) => break db,
+                // Another process can only hold it briefly (`inspect`), as
+                // we hold the directory lock; in this process, a leaked
+                // handle would hold it forever.
+                Err(DatabaseError::DatabaseAlreadyOpen) if started.elapsed() < OPEN_RETRY_FOR => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(DatabaseError::DatabaseAlreadyOpen) => {
+                    return Err(LogError::AlreadyOpen {
+                        dir: dir.to_path_buf(),
+                    })
+                }
+                Err(e) => return Err(db_err("open", &path, e)),
+            }
+        };
+        let store = CheckpointStore {
+            inner: Arc::new(Inner {
+                db,
+                path,
+                _lock: lock,
+            }),
+        };
+        // Create the table once, so that read transactions find it.
+        let has_table = store
+            .inner
+            .db
+            .begin_read()
+            .map_err(|e| db_err("begin transaction", store.path(), e))?
+            .open_table(TABLE)
+            .is_ok();
+        if !has_table {
+            store.write(|_| Ok(()))?;
+        }
+        if !existed {
+            sync_dir(dir)?;
+        }
+        Ok(store)
+    }
+
+    fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` in a write transaction and commits it durably.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut redb::Table<'_, &'static str, (u64, i64)>) -> Result<T, LogError>,
+    ) -> Result<T, LogError> {
+        let path = self.path();
+        let mut txn = self
+            .inner
+            .db
+            .begin_write()
+            .map_err(|e| db_err("begin transaction", path, e))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| db_err("set durability", path, e))?;
+        let out = {
+            let mut table = txn
+                .open_table(TABLE)
+                .map_err(|e| db_err("open table", path, e))?;
+            f(&mut table)?
+        };
+        txn.commit().map_err(|e| db_err("commit", path, e))?;
+        Ok(out)
+    }
+
+    /// The checkpoint called `name`, if any.
+    pub fn get(&self, name: &str) -> Result<Option<Checkpoint>, LogError> {
+        validate_name(name)?;
+        let path = self.path();
+        let txn = self
+            .inner
+            .db
+            .begin_read()
+            .map_err(|e| db_err("begin transaction", path, e))?;
+        let table = match txn.open_table(TABLE) {
+            Ok(table) => table,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(db_err("open table", path, e)),
+        };
+        let value = table.get(name).map_err(|e| db_err("read", path, e))?;
+        Ok(value.map(|v| {
+            let (lsn, updated_at_us) = v.value();
+            Checkpoint {
+                name: name.to_owned(),
+                lsn,
+                updated_at_us,
+            }
+        }))
+    }
+
+    /// Sets the checkpoint `name` to `lsn` (creating it if needed) and
+    /// returns it. Durable when it returns `Ok` (the commit is fsynced).
+    ///
+    /// Never moves a checkpoint backward unless `force`: fails with
+    /// [`LogError::CheckpointBackward`] when `lsn` is below the current one.
+    /// Setting the current lsn again only refreshes `updated_at_us`.
+    /// Concurrent calls are serialized, so the check and the update are
+    /// atomic.
+    pub fn set(&self, name: &str, lsn: u64, force: bool) -> Result<Checkpoint, LogError> {
+        validate_name(name)?;
+        let path = self.path();
+        let updated_at_us = now_us();
+        self.write(|table| {
+            let current = table
+                .get(name)
+                .map_err(|e| db_err("read", path, e))?
+                .map(|v| v.value().0);
+            if let Some(current) = current {
+                if lsn < current && !force {
+                    return Err(LogError::CheckpointBackward {
+                        name: name.to_owned(),
+                        current,
+                        requested: lsn,
+                    });
+                }
+            }
+            table
+                .insert(name, (lsn, updated_at_us))
+                .map_err(|e| db_err("write", path, e))?;
+            Ok(())
+        })?;
+        Ok(Checkpoint {
+            name: name.to_owned(),
+            lsn,
+            updated_at_us,
+        })
+    }
+
+    /// Deletes the checkpoint `name`; false if there was none. Durable when
+    /// it returns `Ok`.
+    pub fn delete(&self, name: &str) -> Result<bool, LogError> {
+        validate_name(name)?;
+        let path = self.path();
+        self.write(|table| {
+            let old = table.remove(name).map_err(|e| db_err("delete", path, e))?;
+            Ok(old.is_some())
+        })
+    }
+
+    /// Every checkpoint, sorted by name.
+    pub fn list(&self) -> Result<Vec<Checkpoint>, LogError> {
+        read_all(&self.inner.db).map_err(|e| db_err("read", self.path(), e))
+    }
+
+    /// The smallest checkpoint lsn (`None` without checkpoints): what
+    /// age-based retention must keep (every record after it).
+    pub fn min_lsn(&self) -> Result<Option<u64>, LogError> {
+        Ok(self.list()?.iter().map(|c| c.lsn).min())
+    }
+}

@@ -1,0 +1,642 @@
+//! `GET /v1/changes`: the change stream.
+//!
+//! Each request gets a reader task that reads the log in batches on the blocking pool,
+//! filters on the server (entities, operations), groups events into batches (flushed when
+//! `batch_size` events are ready or `batch_timeout_ms` after the first one, whichever comes
+//! first; `0` = as soon as nothing more is ready) and writes them into a bounded channel
+//! (8 chunks). A slow consumer therefore costs bounded memory and never slows the others or
+//! capture. New records are pushed the moment they become durable: the task waits on the
+//! log's committed-lsn watch, not on a timer.
+//!
+//! Formats: NDJSON (default; a batch is a run of lines written together) and Server-Sent
+//! Events for `Accept: text/event-stream` (`id:` = lsn, so a browser's `Last-Event-ID`
+//! resumes right after the last event it saw).
+
+use super::{bad_request, now_us, ApiError, ApiState};
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+use spillway_log::LogError;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+const PARAMS: &[&str] = &[
+    "from_lsn",
+    "from_timestamp",
+    "from",
+    "consumer",
+    "entities",
+    "exclude_entities",
+    "operations",
+    "batch_size",
+    "batch_timeout_ms",
+    "heartbeat_ms",
+];
+const OPERATIONS: &[&str] = &["insert", "update", "delete", "truncate", "read"];
+/// Largest accepted `batch_size`.
+pub const MAX_BATCH_SIZE: usize = 10_000;
+/// Default `batch_size`.
+pub const DEFAULT_BATCH_SIZE: usize = 1_000;
+
+/// Where a stream starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartAt {
+    /// At this lsn, inclusive.
+    Lsn(u64),
+    /// At the first event committed at or after this time (µs since the epoch).
+    Timestamp(i64),
+    /// The oldest retained record.
+    Beginning,
+    /// Only records committed from now on.
+    Now,
+    /// Right after this consumer's checkpoint (the beginning for a new consumer).
+    Consumer(String),
+}
+
+/// The wire format of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per line.
+    Ndjson,
+    /// Server-Sent Events.
+    Sse,
+}
+
+/// Validated parameters of `/v1/changes`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamParams {
+    /// Start position.
+    pub start: StartAt,
+    /// Event filter.
+    pub filter: Filter,
+    /// Events per batch.
+    pub batch_size: usize,
+    /// Longest wait after the first event of a batch before it is flushed.
+    pub batch_timeout: Duration,
+    /// Idle time before a heartbeat line.
+    pub heartbeat: Duration,
+    /// Wire format.
+    pub format: Format,
+}
+
+/// Which events a consumer wants.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// `schema.table` / `table` patterns with `*`; empty = all.
+    pub entities: Vec<String>,
+    /// Patterns to leave out.
+    pub exclude_entities: Vec<String>,
+    /// Operations of change events to keep; `None` = all.
+    pub operations: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    entity: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    operation: Option<Cow<'a, str>>,
+}
+
+fn entity_matches(patterns: &[String], entity: &str) -> bool {
+    let (schema, table) = entity.split_once('.').unwrap_or(("", entity));
+    patterns
+        .iter()
+        .any(|p| spillway_postgres::table_matches(std::slice::from_ref(p), schema, table))
+}
+
+impl Filter {
+    /// Whether nothing is filtered.
+    pub fn is_all(&self) -> bool {
+        self.entities.is_empty() && self.exclude_entities.is_empty() && self.operations.is_none()
+    }
+
+    /// Whether the event stored as `payload` passes. `operations` applies to row changes;
+    /// entity filters apply to every event that names an entity, and events without one
+    /// (logical messages) only pass when no `entities` list is given.
+    pub fn accepts(&self, payload: &[u8]) -> bool {
+        if self.is_all() {
+            return true;
+        }
+        let Ok(head) = serde_json::from_slice::<Head>(payload) else {
+            return true; // never hide what we cannot classify
+        };
+        match head.entity.as_deref() {
+            Some(entity) => {
+                if !self.entities.is_empty() && !entity_matches(&self.entities, entity) {
+                    return false;
+                }
+                if entity_matches(&self.exclude_entities, entity) {
+                    return false;
+                }
+            }
+            None => {
+                if !self.entities.is_empty() {
+                    return false;
+                }
+            }
+        }
+        if head.kind == "change" {
+            if let (Some(ops), Some(op)) = (&self.operations, head.operation.as_deref()) {
+                return ops.iter().any(|o| o == op);
+            }
+        }
+        true
+    }
+}
+
+fn list(q: &HashMap<String, String>, key: &str) -> Result<Vec<String>, ApiError> {
+    let Some(v) = q.get(key) else {
+        return Ok(Vec::new());
+    };
+    let items: Vec<String> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    for item in &items {
+        if item.split('.').count() > 2 || item.split('.').any(str::is_empty) {
+            return Err(bad_request(format!(
+                "`{key}`: `{item}` is not an entity; write schema.table, table or schema.*"
+            )));
+        }
+    }
+    if items.is_empty() {
+        return Err(bad_request(format!(
+            "`{key}` is empty; give a comma list of schema.table"
+        )));
+    }
+    Ok(items)
+}
+
+fn number(
+    q: &HashMap<String, String>,
+    key: &str,
+    min: u64,
+    max: u64,
+) -> Result<Option<u64>, ApiError> {
+    match q.get(key) {
+        None => Ok(None),
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+            _ => Err(bad_request(format!(
+                "`{key}` must be a whole number from {min} to {max}, got `{v}`"
+            ))),
+        },
+    }
+}
+
+/// Validates a consumer name (also used by the consumer endpoints).
+pub fn valid_consumer_name(name: &str) -> Result<(), ApiError> {
+    if !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        Ok(())
+    } else {
+        Err(bad_request(format!(
+            "consumer name `{name}` is invalid; use 1-128 letters, digits, `_`, `-` or `.`"
+        )))
+    }
+}
+
+/// Parses and validates the query (and the `Accept` / `Last-Event-ID` headers).
+pub fn parse_params(
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<StreamParams, ApiError> {
+    if let Some(unknown) = q.keys().find(|k| !PARAMS.contains(&k.as_str())) {
+        return Err(bad_request(format!(
+            "unknown parameter `{unknown}`; /v1/changes takes {}",
+            PARAMS.join(", ")
+        )));
+    }
+    let starts: Vec<&str> = ["from_lsn", "from_timestamp", "from", "consumer"]
+        .into_iter()
+        .filter(|k| q.contains_key(*k))
+        .collect();
+    if starts.len() > 1 {
+        return Err(bad_request(format!(
+            "give only one of `from_lsn`, `from_timestamp`, `from`, `consumer` (got both `{}` and `{}`)",
+            starts[0], starts[1]
+        )));
+    }
+    let mut start = match starts.first().copied() {
+        None => StartAt::Now,
+        Some("from_lsn") => StartAt::Lsn(number(q, "from_lsn", 1, u64::MAX)?.unwrap_or(1)),
+        Some("from_timestamp") => {
+            let v = &q["from_timestamp"];
+            let ts = v
+                .parse::<i64>()
+                .ok()
+                .filter(|t| *t >= 0)
+                .or_else(|| super::time::parse_rfc3339_micros(v))
+                .ok_or_else(|| {
+                    bad_request(format!(
+                        "`from_timestamp` must be µs since the epoch or RFC 3339 (2024-01-02T03:04:05Z), got `{v}`"
+                    ))
+                })?;
+            StartAt::Timestamp(ts)
+        }
+        Some("from") => match q["from"].as_str() {
+            "beginning" => StartAt::Beginning,
+            "now" => StartAt::Now,
+            other => {
+                return Err(bad_request(format!(
+                    "`from` must be `beginning` or `now`, got `{other}`"
+                )))
+            }
+        },
+        Some(_) => {
+            let name = &q["consumer"];
+            valid_consumer_name(name)?;
+            StartAt::Consumer(name.clone())
+        }
+    };
+    // A reconnecting EventSource resumes right after the last event it received.
+    if let Some(id) = headers.get("last-event-id") {
+        let id = id
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or_else(|| bad_request("`Last-Event-ID` must be an lsn"))?;
+        start = StartAt::Lsn(id + 1);
+    }
+    let operations = match q.get("operations") {
+        None => None,
+        Some(_) => {
+            let ops = list_plain(q, "operations")?;
+            if let Some(bad) = ops.iter().find(|o| !OPERATIONS.contains(&o.as_str())) {
+                return Err(bad_request(format!(
+                    "`operations`: unknown operation `{bad}`; use {}",
+                    OPERATIONS.join(", ")
+                )));
+            }
+            Some(ops)
+        }
+    };
+    let format = match headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()) {
+        Some(a) if a.contains("text/event-stream") => Format::Sse,
+        _ => Format::Ndjson,
+    };
+    Ok(StreamParams {
+        start,
+        filter: Filter {
+            entities: list(q, "entities")?,
+            exclude_entities: list(q, "exclude_entities")?,
+            operations,
+        },
+        batch_size: number(q, "batch_size", 1, MAX_BATCH_SIZE as u64)?
+            .map_or(DEFAULT_BATCH_SIZE, |n| n as usize),
+        batch_timeout: Duration::from_millis(
+            number(q, "batch_timeout_ms", 0, 60_000)?.unwrap_or(0),
+        ),
+        heartbeat: Duration::from_millis(
+            number(q, "heartbeat_ms", 100, 300_000)?.unwrap_or(10_000),
+        ),
+        format,
+    })
+}
+
+fn list_plain(q: &HashMap<String, String>, key: &str) -> Result<Vec<String>, ApiError> {
+    let items: Vec<String> = q
+        .get(key)
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    if items.is_empty() {
+        return Err(bad_request(format!("`{key}` is empty; give a comma list")));
+    }
+    Ok(items)
+}
+
+/// Resolves a start position to the first lsn to read.
+pub(crate) fn resolve_start(state: &ApiState, start: &StartAt) -> Result<u64, ApiError> {
+    let log = &state.log;
+    Ok(match start {
+        StartAt::Lsn(n) => *n,
+        StartAt::Beginning => log.oldest_lsn(),
+        StartAt::Now => log.committed_lsn() + 1,
+        StartAt::Timestamp(ts) => log
+            .lsn_for_timestamp(*ts)
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+        StartAt::Consumer(name) => match log
+            .checkpoints()
+            .get(name)
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        {
+            Some(cp) => cp.lsn + 1,
+            None => log.oldest_lsn(),
+        },
+    })
+}
+
+pub(crate) async fn changes(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let params = parse_params(&q, &headers)?;
+    let from_lsn = resolve_start(&state, &params.start)?;
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+    let content_type = match params.format {
+        Format::Ndjson => "application/x-ndjson",
+        Format::Sse => "text/event-stream",
+    };
+    tokio::spawn(stream_task(state, from_lsn, params, tx));
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header("x-accel-buffering", "no")
+        .body(Body::from_stream(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
+}
+
+/// Appends one event in the stream's format.
+fn push_event(buf: &mut Vec<u8>, format: Format, lsn: Option<u64>, kind: &str, payload: &[u8]) {
+    match format {
+        Format::Ndjson => {
+            buf.extend_from_slice(payload);
+            buf.push(b'\n');
+        }
+        Format::Sse => {
+            if let Some(lsn) = lsn {
+                buf.extend_from_slice(format!("id: {lsn}\n").as_bytes());
+            }
+            buf.extend_from_slice(format!("event: {kind}\ndata: ").as_bytes());
+            buf.extend_from_slice(payload);
+            buf.extend_from_slice(b"\n\n");
+        }
+    }
+}
+
+fn event_kind(payload: &[u8]) -> String {
+    serde_json::from_slice::<Head>(payload)
+        .map(|h| h.kind.into_owned())
+        .unwrap_or_else(|_| "change".into())
+}
+
+fn control(format: Format, kind: &str, value: serde_json::Value) -> Bytes {
+    let mut buf = Vec::new();
+    push_event(&mut buf, format, None, kind, value.to_string().as_bytes());
+    Bytes::from(buf)
+}
+
+/// Reads the log from `from_lsn` and pushes batches into `tx` until the client goes away.
+async fn stream_task(
+    state: ApiState,
+    from_lsn: u64,
+    params: StreamParams,
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+) {
+    let log = state.log.clone();
+    let mut committed = log.subscribe();
+    let mut shutdown = state.shutdown.clone();
+    let format = params.format;
+    let requery = |requested: u64, oldest: u64| {
+        control(
+            format,
+            "requery_required",
+            json!({"type": "requery_required", "requested_lsn": requested, "oldest_lsn": oldest, "timestamp": now_us()}),
+        )
+    };
+    let mut start = from_lsn;
+    let oldest = log.oldest_lsn();
+    if from_lsn < oldest {
+        if tx.send(Ok(requery(from_lsn, oldest))).await.is_err() {
+            return;
+        }
+        start = oldest;
+    }
+    let mut reader = match log.reader(start) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+            return;
+        }
+    };
+    let mut batch: Vec<u8> = Vec::new();
+    let mut in_batch = 0usize;
+    let mut batch_started: Option<Instant> = None;
+    let mut last_sent = Instant::now();
+    let read_max = params.batch_size.clamp(256, 4096);
+    loop {
+        committed.borrow_and_update();
+        let result = tokio::task::spawn_blocking(move || {
+            let b = reader.read_batch(read_max, 1 << 20);
+            (reader, b)
+        })
+        .await;
+        let Ok((r, records)) = result else { return };
+        reader = r;
+        match records {
+            Ok(records) if !records.is_empty() => {
+                for rec in records {
+                    if !params.filter.accepts(&rec.payload) {
+                        continue;
+                    }
+                    let kind = if format == Format::Sse {
+                        event_kind(&rec.payload)
+                    } else {
+                        String::new()
+                    };
+                    push_event(&mut batch, format, Some(rec.lsn), &kind, &rec.payload);
+                    in_batch += 1;
+                    batch_started.get_or_insert_with(Instant::now);
+                    if in_batch >= params.batch_size {
+                        if tx
+                            .send(Ok(Bytes::from(std::mem::take(&mut batch))))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        in_batch = 0;
+                        batch_started = None;
+                        last_sent = Instant::now();
+                    }
+                }
+            }
+            Ok(_) => {
+                // Caught up: flush a partial batch now, or when its timeout comes.
+                if in_batch > 0 {
+                    let due = batch_started
+                        .map(|t| t + params.batch_timeout)
+                        .unwrap_or_else(Instant::now);
+                    if Instant::now() >= due {
+                        if tx
+                            .send(Ok(Bytes::from(std::mem::take(&mut batch))))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        in_batch = 0;
+                        batch_started = None;
+                        last_sent = Instant::now();
+                        continue;
+                    }
+                    tokio::select! {
+                        changed = committed.changed() => if changed.is_err() { return },
+                        _ = tokio::time::sleep_until(due) => {}
+                        _ = tx.closed() => return,
+                        _ = async { shutdown.wait_for(|s| *s).await.is_ok() } => return,
+                    }
+                    continue;
+                }
+                let hb_due = last_sent + params.heartbeat;
+                tokio::select! {
+                    changed = committed.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep_until(hb_due) => {
+                        let hb = control(format, "heartbeat", json!({"type": "heartbeat", "current_lsn": log.committed_lsn(), "timestamp": now_us()}));
+                        if tx.send(Ok(hb)).await.is_err() { return }
+                        last_sent = Instant::now();
+                    }
+                    _ = tx.closed() => return,
+                    _ = async { shutdown.wait_for(|s| *s).await.is_ok() } => return,
+                }
+            }
+            Err(LogError::Trimmed { requested, oldest }) => {
+                // Retention removed what this consumer was about to read.
+                if !batch.is_empty()
+                    && tx
+                        .send(Ok(Bytes::from(std::mem::take(&mut batch))))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+                in_batch = 0;
+                batch_started = None;
+                if tx.send(Ok(requery(requested, oldest))).await.is_err() {
+                    return;
+                }
+                reader = match log.reader(oldest) {
+                    Ok(r) => r,
+                    Err(_) => return,
+                };
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading the change log failed; ending the stream");
+                let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<StreamParams, String> {
+        parse_params(&q(pairs), &HeaderMap::new()).map_err(|e| e.1)
+    }
+
+    #[test]
+    fn starts() {
+        assert_eq!(parse(&[]).unwrap().start, StartAt::Now);
+        assert_eq!(parse(&[("from_lsn", "5")]).unwrap().start, StartAt::Lsn(5));
+        assert_eq!(
+            parse(&[("from", "beginning")]).unwrap().start,
+            StartAt::Beginning
+        );
+        assert_eq!(
+            parse(&[("from_timestamp", "1000")]).unwrap().start,
+            StartAt::Timestamp(1000)
+        );
+        assert_eq!(
+            parse(&[("from_timestamp", "1970-01-01T00:00:01Z")])
+                .unwrap()
+                .start,
+            StartAt::Timestamp(1_000_000)
+        );
+        assert_eq!(
+            parse(&[("consumer", "search-sync")]).unwrap().start,
+            StartAt::Consumer("search-sync".into())
+        );
+        let mut h = HeaderMap::new();
+        h.insert("last-event-id", "41".parse().unwrap());
+        h.insert(header::ACCEPT, "text/event-stream".parse().unwrap());
+        let p = parse_params(&q(&[("from", "beginning")]), &h).unwrap();
+        assert_eq!(p.start, StartAt::Lsn(42));
+        assert_eq!(p.format, Format::Sse);
+    }
+
+    #[test]
+    fn every_bad_parameter_is_named() {
+        for (bad, needle) in [
+            (vec![("from_lsn", "-1")], "from_lsn"),
+            (vec![("from_lsn", "0")], "from_lsn"),
+            (vec![("from_lsn", "x")], "from_lsn"),
+            (vec![("from", "yesterday")], "from"),
+            (vec![("from", "now"), ("from_lsn", "1")], "only one"),
+            (vec![("from_lsn", "1"), ("from_timestamp", "1")], "only one"),
+            (vec![("from_timestamp", "soon")], "from_timestamp"),
+            (vec![("from_timestamp", "-5")], "from_timestamp"),
+            (vec![("consumer", "bad name")], "consumer name"),
+            (vec![("operations", "insert,upsert")], "upsert"),
+            (vec![("operations", "")], "operations"),
+            (vec![("entities", "a.b.c")], "entities"),
+            (vec![("exclude_entities", "")], "exclude_entities"),
+            (vec![("batch_size", "-3")], "batch_size"),
+            (vec![("batch_size", "0")], "batch_size"),
+            (vec![("batch_size", "100001")], "batch_size"),
+            (vec![("batch_timeout_ms", "x")], "batch_timeout_ms"),
+            (vec![("heartbeat_ms", "1")], "heartbeat_ms"),
+            (vec![("color", "red")], "color"),
+        ] {
+            let e = parse(&bad).err().unwrap_or_default();
+            assert!(
+                e.contains(needle),
+                "{bad:?}: `{e}` does not name `{needle}`"
+            );
+        }
+    }
+
+    #[test]
+    fn filters() {
+        let f = Filter {
+            entities: vec!["bank.*".into(), "users".into()],
+            exclude_entities: vec!["bank.secret".into()],
+            operations: Some(vec!["insert".into()]),
+        };
+        let ev = |t: &str, e: &str, op: &str| {
+            format!(r#"{{"type":"{t}","lsn":1,"operation":"{op}","entity":"{e}"}}"#).into_bytes()
+        };
+        assert!(f.accepts(&ev("change", "bank.holding", "insert")));
+        assert!(!f.accepts(&ev("change", "bank.holding", "delete")));
+        assert!(!f.accepts(&ev("change", "bank.secret", "insert")));
+        assert!(f.accepts(&ev("change", "commerce.users", "insert")));
+        assert!(!f.accepts(&ev("change", "commerce.products", "insert")));
+        assert!(f.accepts(br#"{"type":"schema_change","lsn":1,"entity":"bank.holding"}"#));
+        assert!(!f.accepts(br#"{"type":"message","lsn":1,"prefix":"p"}"#));
+        assert!(Filter::default().accepts(br#"{"type":"message","lsn":1}"#));
+    }
+}

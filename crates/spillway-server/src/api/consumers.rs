@@ -1,0 +1,140 @@
+//! Named consumers and their durable checkpoints.
+//!
+//! A checkpoint records the last lsn a consumer has processed; `consumer=NAME` on
+//! `/v1/changes` resumes at checkpoint + 1. Checkpoints live in the change log's
+//! checkpoint store (fsynced before the answer), never move backward unless the request
+//! says `"force": true`, and hold back retention by age.
+
+use super::changes::valid_consumer_name;
+use super::{bad_request, internal, now_us, ApiError, ApiState};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use spillway_log::{ChangeLog, Checkpoint, LogError};
+
+/// Lag of a consumer: events after its checkpoint, and how long the oldest of them has
+/// been waiting (seconds, 0 when caught up).
+pub(crate) fn lag(log: &ChangeLog, checkpoint: u64) -> (u64, f64) {
+    let current = log.committed_lsn();
+    let events = current.saturating_sub(checkpoint);
+    if events == 0 {
+        return (0, 0.0);
+    }
+    let waiting_since = log
+        .reader(checkpoint + 1)
+        .ok()
+        .and_then(|mut r| r.read_batch(1, 1 << 20).ok())
+        .and_then(|b| b.first().map(|r| r.timestamp_us));
+    let seconds = waiting_since
+        .map(|ts| ((now_us() - ts).max(0) as f64) / 1e6)
+        .unwrap_or(0.0);
+    (events, seconds)
+}
+
+pub(crate) fn consumer_json(log: &ChangeLog, cp: &Checkpoint) -> Value {
+    let (lag_events, lag_seconds) = lag(log, cp.lsn);
+    json!({
+        "name": cp.name,
+        "checkpoint": cp.lsn,
+        "lag_events": lag_events,
+        "lag_seconds": lag_seconds,
+        "updated_at_us": cp.updated_at_us,
+    })
+}
+
+pub(crate) async fn list(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let log = state.log.clone();
+    let out = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, LogError> {
+        Ok(log
+            .checkpoints()
+            .list()?
+            .iter()
+            .map(|cp| consumer_json(&log, cp))
+            .collect())
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)?;
+    Ok(Json(json!({ "consumers": out })))
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, format!("no consumer named `{name}`"))
+}
+
+pub(crate) async fn get_one(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    valid_consumer_name(&name)?;
+    let log = state.log.clone();
+    tokio::task::spawn_blocking(move || match log.checkpoints().get(&name) {
+        Ok(Some(cp)) => Ok(Json(consumer_json(&log, &cp))),
+        Ok(None) => Err(not_found(&name)),
+        Err(e) => Err(internal(e)),
+    })
+    .await
+    .map_err(internal)?
+}
+
+pub(crate) async fn delete(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    valid_consumer_name(&name)?;
+    let log = state.log.clone();
+    let n = name.clone();
+    let removed = tokio::task::spawn_blocking(move || log.checkpoints().delete(&n))
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+    if removed {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(not_found(&name))
+    }
+}
+
+pub(crate) async fn put_checkpoint(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        lsn: u64,
+        #[serde(default)]
+        force: bool,
+    }
+    valid_consumer_name(&name)?;
+    let b: Body = serde_json::from_slice(&body).map_err(|e| {
+        bad_request(format!(
+            "body must be {{\"lsn\": N}} or {{\"lsn\": N, \"force\": true}}: {e}"
+        ))
+    })?;
+    let current = state.log.committed_lsn();
+    if b.lsn > current {
+        return Err(bad_request(format!(
+            "`lsn` {} is beyond the log's current lsn {current}; checkpoint only what you have read",
+            b.lsn
+        )));
+    }
+    let log = state.log.clone();
+    let n = name.clone();
+    let result = tokio::task::spawn_blocking(move || log.checkpoints().set(&n, b.lsn, b.force))
+        .await
+        .map_err(internal)?;
+    match result {
+        Ok(cp) => Ok(Json(json!({"name": cp.name, "checkpoint": cp.lsn, "updated_at_us": cp.updated_at_us}))),
+        Err(LogError::CheckpointBackward { current, requested, .. }) => Err(ApiError(
+            StatusCode::CONFLICT,
+            format!(
+                "checkpoint of `{name}` is {current}; moving it back to {requested} needs \"force\": true"
+            ),
+        )),
+        Err(e) => Err(internal(e)),
+    }
+}
