@@ -35,6 +35,12 @@ struct Args {
     /// Timed runs of each reader (medians are reported).
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Steady write rate for the latency measurement (changes/s).
+    #[arg(long, default_value_t = 5_000)]
+    latency_rate: u64,
+    /// Length of the latency measurement.
+    #[arg(long, default_value_t = 10)]
+    latency_secs: u64,
     /// The spillway binary (default: next to this one).
     #[arg(long)]
     spillway: Option<PathBuf>,
@@ -197,8 +203,13 @@ async fn bench(args: Args) -> Result<(), String> {
         let mut child = Command::new(&spillway)
             .args(["run", "--config"])
             .arg(&cfg)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(dir.path().join(format!("spillway-{i}.log")))
+                    .map_err(|e| e.to_string())?,
+            )
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", spillway.display()))?;
         let mut peak_kib = 0u64;
@@ -222,6 +233,11 @@ async fn bench(args: Args) -> Result<(), String> {
         let spill_secs = t.elapsed().as_secs_f64();
         peak_kib = peak_kib.max(peak_rss_kib(child.id()));
         let cpu = cpu_secs(child.id());
+        if i + 1 == args.runs {
+            // The last instance stays up for the consumer-side measurements below.
+            let addr = api_addr(&log_dir, &cfg)?;
+            consumer_side(&pg, &args, &addr, changes).await?;
+        }
         spillway_testkit::send_signal(child.id(), "TERM");
         let _ = child.wait();
 
@@ -261,4 +277,139 @@ fn cpu_secs(pid: u32) -> f64 {
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     // utime and stime are fields 14 and 15 of stat; after ')' they are at 11 and 12
     (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// The API address of a running `spillway run`, from its log (`api listening addr=…`).
+fn api_addr(log_dir: &std::path::Path, cfg: &std::path::Path) -> Result<String, String> {
+    let _ = log_dir;
+    let log = cfg.with_file_name(
+        cfg.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .replace(".toml", ".log"),
+    );
+    let text = std::fs::read_to_string(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+    text.lines()
+        .find_map(|l| l.split("api listening addr=").nth(1))
+        .map(|a| a.trim().to_string())
+        .ok_or_else(|| format!("no api address in {}", log.display()))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).copied().unwrap_or(0.0)
+}
+
+/// Read-all rate of one consumer, then commit→consumer latency at a steady write rate.
+async fn consumer_side(pg: &PgCluster, args: &Args, addr: &str, logged: u64) -> Result<(), String> {
+    use futures_lite::StreamExt;
+    let client = reqwest::Client::new();
+    // 1. one consumer reads the whole log from the beginning
+    let status: serde_json::Value = serde_json::from_slice(
+        &client
+            .get(format!("http://{addr}/v1/status"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .bytes()
+            .await
+            .map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let current = status["current_lsn"].as_u64().unwrap_or(0);
+    let t = Instant::now();
+    let resp = client
+        .get(format!(
+            "http://{addr}/v1/changes?from=beginning&batch_size=10000"
+        ))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut body = resp.bytes_stream();
+    let (mut lines, mut bytes) = (0u64, 0u64);
+    while lines < current {
+        let chunk = body
+            .next()
+            .await
+            .ok_or("stream ended")?
+            .map_err(|e| e.to_string())?;
+        bytes += chunk.len() as u64;
+        lines += chunk.iter().filter(|b| **b == b'\n').count() as u64;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    drop(body);
+    println!(
+        "read all: one consumer read {lines} events ({:.0} MiB) from the beginning at {:.0} events/s ({:.0} MiB/s); {logged} changes were captured",
+        bytes as f64 / 1048576.0, lines as f64 / secs, bytes as f64 / 1048576.0 / secs
+    );
+
+    // 2. latency from commit to a connected consumer at a steady rate
+    sql(
+        pg,
+        "CREATE TABLE public.latency (id bigint PRIMARY KEY, v int)",
+    )
+    .await?;
+    let resp = client
+        .get(format!(
+            "http://{addr}/v1/changes?from=now&entities=public.latency"
+        ))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut body = resp.bytes_stream();
+    let total = args.latency_rate * args.latency_secs;
+    let rows_per_tx = (args.latency_rate / 500).max(1); // 500 transactions per second
+    let txs = total / rows_per_tx;
+    let interval = Duration::from_secs_f64(rows_per_tx as f64 / args.latency_rate as f64);
+    let cfg = pg.connect_config("bench");
+    let writer = tokio::spawn(async move {
+        let mut conn = spillway_postgres::PgConnection::connect(&cfg, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        for t in 0..txs {
+            tick.tick().await;
+            let a = t * rows_per_tx + 1;
+            conn.simple_query(&format!(
+                "INSERT INTO latency SELECT g, 1 FROM generate_series({a}, {}) g",
+                a + rows_per_tx - 1
+            ))
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+        Ok::<(), String>(())
+    });
+    let mut latencies = Vec::with_capacity(total as usize);
+    let mut buf = Vec::new();
+    while (latencies.len() as u64) < txs * rows_per_tx {
+        let chunk = tokio::time::timeout(Duration::from_secs(60), body.next())
+            .await
+            .map_err(|_| "latency stream stalled")?
+            .ok_or("stream ended")?
+            .map_err(|e| e.to_string())?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        buf.extend_from_slice(&chunk);
+        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            let v: serde_json::Value = serde_json::from_slice(&line).map_err(|e| e.to_string())?;
+            if v["type"] == "change" {
+                let ts = v["timestamp"].as_i64().unwrap_or(now);
+                latencies.push((now - ts) as f64 / 1000.0);
+            }
+        }
+    }
+    writer.await.map_err(|e| e.to_string())??;
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "latency: commit → event at a connected consumer, {} changes at {}/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (goal p99 <= 50 ms)",
+        latencies.len(), args.latency_rate, percentile(&latencies, 0.5), percentile(&latencies, 0.99), latencies.last().copied().unwrap_or(0.0)
+    );
+    Ok(())
 }

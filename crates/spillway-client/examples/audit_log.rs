@@ -39,7 +39,14 @@ fn last_written_lsn(path: &Path) -> Result<u64, Box<dyn Error>> {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn Error>> {
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("audit_log: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), Box<dyn Error>> {
     let url = std::env::var("SPILLWAY_URL").unwrap_or_else(|_| "http://127.0.0.1:7654".into());
     let path = std::env::var("AUDIT_FILE").unwrap_or_else(|_| "audit.jsonl".into());
     let path = Path::new(&path);

@@ -51,7 +51,14 @@ fn cache_key(entity: &str, key: &Map<String, Value>) -> String {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn Error>> {
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("cache_invalidation: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), Box<dyn Error>> {
     let url = std::env::var("SPILLWAY_URL").unwrap_or_else(|_| "http://127.0.0.1:7654".into());
     let entities = std::env::var("ENTITIES").unwrap_or_else(|_| "public.*".into());
     let mut client = Client::new(&url)?;

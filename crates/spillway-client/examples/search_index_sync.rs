@@ -106,7 +106,14 @@ impl SearchIndex {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn Error>> {
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("search_index_sync: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), Box<dyn Error>> {
     let url = std::env::var("SPILLWAY_URL").unwrap_or_else(|_| "http://127.0.0.1:7654".into());
     let entity = std::env::var("ENTITY").unwrap_or_else(|_| "public.products".into());
     let mut client = Client::new(&url)?;

@@ -75,8 +75,9 @@ pub enum Error {
         /// The last attempt's error.
         last: Box<Error>,
     },
-    /// Nothing at all (not even a heartbeat) arrived for this long, and reconnecting is off.
-    #[error("no data from the server for {0:?} (heartbeats stopped)")]
+    /// Nothing at all (not even a heartbeat) arrived for this long on a change stream
+    /// ([`ChangeStreamBuilder::idle_timeout`](crate::ChangeStreamBuilder::idle_timeout)).
+    #[error("no data from the server for {0:?} (no heartbeat either)")]
     Idle(Duration),
 }
 
@@ -103,16 +104,32 @@ impl Error {
     }
 
     pub(crate) fn transport(source: reqwest::Error) -> Error {
-        let mut message = source.to_string();
+        let url = source.url().map(|u| {
+            let mut u = u.clone();
+            u.set_query(None);
+            u.to_string()
+        });
+        let url = url.as_deref().unwrap_or("the server");
+        let head = if source.is_connect() {
+            format!("cannot connect to {url}")
+        } else if source.is_timeout() {
+            format!("request to {url} timed out")
+        } else if source.is_body() || source.is_decode() {
+            format!("the response from {url} broke off")
+        } else {
+            format!("request to {url} failed")
+        };
+        // The innermost cause says what happened ("Connection refused (os error 111)").
+        let mut root = None;
         let mut cause = std::error::Error::source(&source);
         while let Some(c) = cause {
-            let text = c.to_string();
-            if !message.contains(&text) {
-                message.push_str(": ");
-                message.push_str(&text);
-            }
+            root = Some(c.to_string());
             cause = c.source();
         }
+        let message = match root {
+            Some(r) => format!("{head}: {r}"),
+            None => format!("{head}: {source}"),
+        };
         Error::Transport { message, source }
     }
 

@@ -75,9 +75,9 @@
 //!
 //! - **When**: the connection breaks (reset, server shutdown, refused while the server
 //!   is down), the server ends the response, the server answers 5xx/408/429, or nothing
-//!   arrives for [`idle_timeout`](ChangeStreamBuilder::idle_timeout) (default 45 s; the
-//!   server sends a heartbeat every ~10 s on an idle stream, and the client swallows
-//!   heartbeats).
+//!   arrives — no answer, no event, no heartbeat — for
+//!   [`idle_timeout`](ChangeStreamBuilder::idle_timeout) (default 45 s; the server sends
+//!   a heartbeat every ~10 s on an idle stream, and the client swallows heartbeats).
 //! - **How often**: after 100 ms, doubling up to 5 s between attempts
 //!   ([`backoff`](ChangeStreamBuilder::backoff)); the delay resets once data flows again.
 //!   Without [`max_reconnect_attempts`](ChangeStreamBuilder::max_reconnect_attempts) it

@@ -340,7 +340,7 @@ impl ChangeStreamBuilder {
             ended: false,
             reconnects: 0,
         };
-        stream.conn = Some(open(&stream.client, stream.url()).await?);
+        stream.conn = Some(open(&stream.client, stream.url(), stream.opts.idle_timeout).await?);
         Ok(stream)
     }
 }
@@ -385,12 +385,15 @@ fn operation_name(op: Operation) -> &'static str {
     }
 }
 
-/// Sends `GET /v1/changes` and checks the answer's status and type.
-async fn open(client: &Client, url: Url) -> Result<Conn> {
-    let resp = client
+/// Sends `GET /v1/changes` and checks the answer's status and type; the answer's head
+/// must come within `idle`.
+async fn open(client: &Client, url: Url, idle: Duration) -> Result<Conn> {
+    let send = client
         .request(Method::GET, url, "application/x-ndjson")
-        .send()
+        .send();
+    let resp = tokio::time::timeout(idle, send)
         .await
+        .map_err(|_| Error::Idle(idle))?
         .map_err(Error::transport)?;
     let resp = ok_or_error(resp).await?;
     if let Some(ct) = resp.headers().get(CONTENT_TYPE) {
@@ -623,7 +626,7 @@ impl ChangeStream {
         loop {
             tokio::time::sleep(self.backoff).await;
             self.backoff = (self.backoff * 2).min(self.opts.backoff_max);
-            match open(&self.client, self.url()).await {
+            match open(&self.client, self.url(), self.opts.idle_timeout).await {
                 Ok(conn) => {
                     self.conn = Some(conn);
                     self.reconnects += 1;
@@ -709,5 +712,29 @@ impl ChangeStream {
             self.queue
                 .push_back(Entry::Batch(std::mem::take(&mut self.pending)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        let t = UNIX_EPOCH + Duration::from_micros(1_763_683_200_123_456);
+        assert_eq!(Timestamp::from(t).as_micros(), 1_763_683_200_123_456);
+        let before = UNIX_EPOCH - Duration::from_micros(5);
+        assert_eq!(Timestamp::from(before).as_micros(), -5);
+        assert_eq!(Timestamp::from(7i64), Timestamp::from_micros(7));
+    }
+
+    #[test]
+    fn decode_errors_are_one_short_line() {
+        let line = format!("{{\"type\":\"change\",\"x\":\"{}\n", "é".repeat(500));
+        let err = serde_json::from_str::<Event>(&line).unwrap_err();
+        let e = Error::decode(line.as_bytes(), err);
+        let text = e.to_string();
+        assert!(!text.contains('\n'), "{text}");
+        assert!(text.chars().count() < 400, "{text}");
     }
 }

@@ -798,7 +798,7 @@ impl ChangeLog {
     }
 
     /// Bytes used by segment and index files (the active segment as of the
-    /// last group commit).
+    /// last group commit); `LOCK` and `checkpoints.redb` are not counted.
     pub fn disk_usage_bytes(&self) -> u64 {
         read(&self.shared.segments)
             .iter()

@@ -162,8 +162,9 @@ impl PgCluster {
             "max_replication_slots = 20".into(),
             "listen_addresses = '127.0.0.1'".into(),
             format!("unix_socket_directories = '{}'", dir.path().display()),
+            // fsync off keeps throwaway clusters fast; synchronous_commit stays on (the
+            // default) so a commit's WAL is flushed — and visible to walsenders — at once.
             "fsync = off".into(),
-            "synchronous_commit = off".into(),
             "full_page_writes = off".into(),
             "shared_buffers = 128MB".into(),
             "max_connections = 100".into(),

@@ -39,7 +39,7 @@ fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -59,7 +59,7 @@ fn human_bytes(b: u64) -> String {
 fn retention_text(secs: Option<u64>) -> String {
     match secs {
         None => "forever".into(),
-        Some(s) if s % 3600 == 0 => format!("{} hours", s / 3600),
+        Some(s) if s.is_multiple_of(3600) => format!("{} hours", s / 3600),
         Some(s) => format!("{s} seconds"),
     }
 }

@@ -40,7 +40,7 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Print the change stream of a running Spillway.
-    Tail(tail::TailArgs),
+    Tail(Box<tail::TailArgs>),
     /// Administration (`admin cdc status`, `admin cdc trim --before-lsn N`).
     #[command(subcommand)]
     Admin(admin::AdminCommand),
@@ -91,7 +91,7 @@ fn main() -> ExitCode {
             }
             Command::Tail(args) => {
                 init_tracing(cli.log_json, "warn");
-                tail::tail(args).await
+                tail::tail(*args).await
             }
             Command::Admin(cmd) => {
                 init_tracing(cli.log_json, "warn");

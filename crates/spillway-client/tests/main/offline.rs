@@ -53,6 +53,8 @@ enum Step {
 }
 
 enum Reply {
+    /// No answer at all (the connection stays open).
+    Silent,
     Json(u16, serde_json::Value),
     Empty(u16),
     Stream(Vec<Step>),
@@ -151,6 +153,7 @@ async fn serve(mut sock: TcpStream, reqs: Arc<Mutex<Vec<Req>>>, handler: Arc<Han
         all.len() - 1
     };
     match handler(n, &req) {
+        Reply::Silent => tokio::time::sleep(Duration::from_secs(3600)).await,
         Reply::Json(status, v) => {
             let body = v.to_string();
             let head = format!(
@@ -447,6 +450,40 @@ async fn silence_past_the_idle_timeout_reconnects() {
     assert_eq!(
         f.changes_requests()[1].query("from_lsn").as_deref(),
         Some("2")
+    );
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_is_not_waited_for_forever() {
+    let f = fake(|n, _| match n {
+        0 => Reply::Silent,
+        1 => Reply::Stream(vec![chunk(change(1, 1, "insert")), Step::End]),
+        _ => Reply::Silent,
+    })
+    .await;
+    let idle = Duration::from_millis(200);
+    let e = f
+        .client()
+        .stream_changes()
+        .from_lsn(1)
+        .idle_timeout(idle)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Idle(d) if d == idle), "{e}");
+    let mut s = f
+        .client()
+        .stream_changes()
+        .from_lsn(1)
+        .idle_timeout(idle)
+        .backoff(FAST, FAST)
+        .max_reconnect_attempts(2)
+        .await
+        .unwrap();
+    assert_eq!(next(&mut s).await.lsn(), Some(1));
+    let e = s.next().await.unwrap_err();
+    assert!(
+        matches!(&e, Error::GaveUp { attempts: 2, last } if matches!(**last, Error::Idle(_))),
+        "{e}"
     );
 }
 

@@ -475,6 +475,19 @@ async fn stream_task(
                         last_sent = Instant::now();
                     }
                 }
+                // A long scan through records the filter drops sends nothing; keep the
+                // connection (and the client's idle timer) alive meanwhile.
+                if in_batch == 0 && last_sent.elapsed() >= params.heartbeat {
+                    let hb = control(
+                        format,
+                        "heartbeat",
+                        json!({"type": "heartbeat", "current_lsn": log.committed_lsn(), "timestamp": now_us()}),
+                    );
+                    if tx.send(Ok(hb)).await.is_err() {
+                        return;
+                    }
+                    last_sent = Instant::now();
+                }
             }
             Ok(_) => {
                 // Caught up: flush a partial batch now, or when its timeout comes.
