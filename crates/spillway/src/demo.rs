@@ -53,6 +53,7 @@ const SCRIPT: &[(&str, u64)] = &[
 ];
 
 pub(crate) async fn demo(once: bool) -> Result<(), String> {
+    let mut signals = crate::ShutdownSignal::install()?;
     let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     say(
         colour,
@@ -138,7 +139,7 @@ pub(crate) async fn demo(once: bool) -> Result<(), String> {
                 running.addr
             ),
         );
-        crate::running_shutdown_signal().await;
+        signals.wait().await;
     }
     running.shutdown();
     let result = running.wait().await.map_err(|e| e.to_string());

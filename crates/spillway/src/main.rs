@@ -121,11 +121,12 @@ fn config_path(explicit: Option<PathBuf>) -> Option<PathBuf> {
 }
 
 async fn run(config: Option<PathBuf>) -> Result<(), String> {
+    let mut signals = ShutdownSignal::install()?;
     let config = Config::load(config_path(config).as_deref()).map_err(|e| e.to_string())?;
     let running = spillway_server::start(config)
         .await
         .map_err(|e| e.to_string())?;
-    let stop = running_shutdown_signal();
+    let stop = signals.wait();
     let handle = &running;
     tokio::select! {
         _ = stop => {
@@ -141,26 +142,27 @@ async fn wait_capture_end(running: &spillway_server::Running) {
     running.finished().await
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub(crate) async fn running_shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
+/// SIGTERM / SIGINT (Ctrl-C), listened for from the moment it is installed — so a signal
+/// that arrives before anyone waits is not lost (or fatal).
+pub(crate) struct ShutdownSignal {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    pub(crate) fn install() -> Result<ShutdownSignal, String> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+        let int = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+        Ok(ShutdownSignal { term, int })
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// Resolves on the next SIGTERM or SIGINT.
+    pub(crate) async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 

@@ -401,6 +401,59 @@ fn control(format: Format, kind: &str, value: serde_json::Value) -> Bytes {
     Bytes::from(buf)
 }
 
+fn heartbeat(format: Format, current_lsn: u64) -> Bytes {
+    control(
+        format,
+        "heartbeat",
+        json!({"type": "heartbeat", "current_lsn": current_lsn, "timestamp": now_us()}),
+    )
+}
+
+type Tx = mpsc::Sender<Result<Bytes, std::io::Error>>;
+
+/// The batch being assembled for one stream, and when the stream last sent anything.
+struct Batch {
+    buf: Vec<u8>,
+    events: usize,
+    started: Option<Instant>,
+    last_sent: Instant,
+}
+
+impl Batch {
+    fn push(&mut self, format: Format, lsn: u64, payload: &[u8]) {
+        let kind = if format == Format::Sse {
+            event_kind(payload)
+        } else {
+            String::new()
+        };
+        push_event(&mut self.buf, format, Some(lsn), &kind, payload);
+        self.events += 1;
+        self.started.get_or_insert_with(Instant::now);
+    }
+
+    /// Sends the batch (if any) and then `extra` (a control line, if any). False when the
+    /// client has gone away.
+    async fn send(&mut self, tx: &Tx, extra: Option<Bytes>) -> bool {
+        if !self.buf.is_empty()
+            && tx
+                .send(Ok(Bytes::from(std::mem::take(&mut self.buf))))
+                .await
+                .is_err()
+        {
+            return false;
+        }
+        self.events = 0;
+        self.started = None;
+        if let Some(line) = extra {
+            if tx.send(Ok(line)).await.is_err() {
+                return false;
+            }
+        }
+        self.last_sent = Instant::now();
+        true
+    }
+}
+
 /// Reads the log from `from_lsn` and pushes batches into `tx` until the client goes away.
 async fn stream_task(
     state: ApiState,
@@ -434,10 +487,12 @@ async fn stream_task(
             return;
         }
     };
-    let mut batch: Vec<u8> = Vec::new();
-    let mut in_batch = 0usize;
-    let mut batch_started: Option<Instant> = None;
-    let mut last_sent = Instant::now();
+    let mut batch = Batch {
+        buf: Vec::new(),
+        events: 0,
+        started: None,
+        last_sent: Instant::now(),
+    };
     let read_max = params.batch_size.clamp(256, 4096);
     loop {
         committed.borrow_and_update();
@@ -454,75 +509,40 @@ async fn stream_task(
                     if !params.filter.accepts(&rec.payload) {
                         continue;
                     }
-                    let kind = if format == Format::Sse {
-                        event_kind(&rec.payload)
-                    } else {
-                        String::new()
-                    };
-                    push_event(&mut batch, format, Some(rec.lsn), &kind, &rec.payload);
-                    in_batch += 1;
-                    batch_started.get_or_insert_with(Instant::now);
-                    if in_batch >= params.batch_size {
-                        if tx
-                            .send(Ok(Bytes::from(std::mem::take(&mut batch))))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                        in_batch = 0;
-                        batch_started = None;
-                        last_sent = Instant::now();
+                    batch.push(format, rec.lsn, &rec.payload);
+                    if batch.events >= params.batch_size && !batch.send(&tx, None).await {
+                        return;
                     }
                 }
                 // A long scan through records the filter drops sends nothing; keep the
                 // connection (and the client's idle timer) alive meanwhile.
-                if in_batch == 0 && last_sent.elapsed() >= params.heartbeat {
-                    let hb = control(
-                        format,
-                        "heartbeat",
-                        json!({"type": "heartbeat", "current_lsn": log.committed_lsn(), "timestamp": now_us()}),
-                    );
-                    if tx.send(Ok(hb)).await.is_err() {
-                        return;
-                    }
-                    last_sent = Instant::now();
+                if batch.events == 0
+                    && batch.last_sent.elapsed() >= params.heartbeat
+                    && !batch
+                        .send(&tx, Some(heartbeat(format, log.committed_lsn())))
+                        .await
+                {
+                    return;
                 }
             }
             Ok(_) => {
-                // Caught up: flush a partial batch now, or when its timeout comes.
-                if in_batch > 0 {
-                    let due = batch_started
-                        .map(|t| t + params.batch_timeout)
-                        .unwrap_or_else(Instant::now);
-                    if Instant::now() >= due {
-                        if tx
-                            .send(Ok(Bytes::from(std::mem::take(&mut batch))))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                        in_batch = 0;
-                        batch_started = None;
-                        last_sent = Instant::now();
-                        continue;
-                    }
-                    tokio::select! {
-                        changed = committed.changed() => if changed.is_err() { return },
-                        _ = tokio::time::sleep_until(due) => {}
-                        _ = tx.closed() => return,
-                        _ = async { shutdown.wait_for(|s| *s).await.is_ok() } => return,
+                // Caught up: flush a partial batch now, or when its timeout comes;
+                // with nothing to send, wait for new records or the heartbeat.
+                let (due, idle) = match batch.started {
+                    Some(t) => (t + params.batch_timeout, false),
+                    None => (batch.last_sent + params.heartbeat, true),
+                };
+                if !idle && Instant::now() >= due {
+                    if !batch.send(&tx, None).await {
+                        return;
                     }
                     continue;
                 }
-                let hb_due = last_sent + params.heartbeat;
                 tokio::select! {
                     changed = committed.changed() => if changed.is_err() { return },
-                    _ = tokio::time::sleep_until(hb_due) => {
-                        let hb = control(format, "heartbeat", json!({"type": "heartbeat", "current_lsn": log.committed_lsn(), "timestamp": now_us()}));
-                        if tx.send(Ok(hb)).await.is_err() { return }
-                        last_sent = Instant::now();
+                    _ = tokio::time::sleep_until(due) => {
+                        let line = idle.then(|| heartbeat(format, log.committed_lsn()));
+                        if !batch.send(&tx, line).await { return }
                     }
                     _ = tx.closed() => return,
                     _ = async { shutdown.wait_for(|s| *s).await.is_ok() } => return,
@@ -530,17 +550,7 @@ async fn stream_task(
             }
             Err(LogError::Trimmed { requested, oldest }) => {
                 // Retention removed what this consumer was about to read.
-                if !batch.is_empty()
-                    && tx
-                        .send(Ok(Bytes::from(std::mem::take(&mut batch))))
-                        .await
-                        .is_err()
-                {
-                    return;
-                }
-                in_batch = 0;
-                batch_started = None;
-                if tx.send(Ok(requery(requested, oldest))).await.is_err() {
+                if !batch.send(&tx, Some(requery(requested, oldest))).await {
                     return;
                 }
                 reader = match log.reader(oldest) {
