@@ -152,8 +152,10 @@ pub(crate) struct ShutdownSignal {
 impl ShutdownSignal {
     pub(crate) fn install() -> Result<ShutdownSignal, String> {
         use tokio::signal::unix::{signal, SignalKind};
-        let term = signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
-        let int = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+        let term =
+            signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+        let int =
+            signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
         Ok(ShutdownSignal { term, int })
     }
 
