@@ -53,6 +53,172 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     api: RawApi,
+    /// `[[sinks]]`: checked separately (common keys + the keys of each sink type).
+    #[serde(default)]
+    sinks: Vec<toml::Table>,
+}
+
+/// Sink types known so far.
+const SINK_TYPES: &[&str] = &["file"];
+
+/// One `[[sinks]]` entry, validated.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    /// Common settings (name = its checkpoint name, filters, format, batching).
+    pub settings: spillway_sinks::SinkSettings,
+    /// The type and its own settings.
+    pub kind: SinkKind,
+}
+
+/// The destination of a sink.
+#[derive(Debug, Clone)]
+pub enum SinkKind {
+    /// JSON lines to a file or stdout.
+    File(spillway_sinks::file::FileSinkConfig),
+}
+
+impl SinkKind {
+    /// The `type` name.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SinkKind::File(_) => "file",
+        }
+    }
+}
+
+fn validate_sink(i: usize, mut t: toml::Table) -> Result<SinkConfig, ConfigError> {
+    let at = |key: &str| format!("sinks[{i}].{key}");
+    let name = match t.remove("name") {
+        Some(toml::Value::String(n)) => n,
+        Some(_) => return Err(err(format!("{} must be a string", at("name")))),
+        None => {
+            return Err(err(format!(
+                "{} is missing; every sink needs a unique name (it is its checkpoint name)",
+                at("name")
+            )))
+        }
+    };
+    let ok_name = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !ok_name {
+        return Err(err(format!(
+            "{} = `{name}` is invalid; use 1-128 letters, digits, `_`, `-` or `.`",
+            at("name")
+        )));
+    }
+    let kind = match t.remove("type") {
+        Some(toml::Value::String(k)) => k,
+        _ => {
+            return Err(err(format!(
+                "{} is missing; one of: {}",
+                at("type"),
+                SINK_TYPES.join(", ")
+            )))
+        }
+    };
+    let mut settings = spillway_sinks::SinkSettings::new(name);
+    if let Some(v) = t.remove("format") {
+        let f = v
+            .as_str()
+            .ok_or_else(|| err(format!("{} must be a string", at("format"))))?;
+        settings.format = f
+            .parse()
+            .map_err(|e: spillway_core::encoding::UnknownFormat| {
+                err(format!("{}: {e}", at("format")))
+            })?;
+    }
+    if let Some(v) = t.remove("tables") {
+        let map: BTreeMap<String, Vec<String>> = v.try_into().map_err(|_| {
+            err(format!(
+                "{} must be a table of lists, e.g. {{ trades = [\"insert\", \"update\"] }}",
+                at("tables")
+            ))
+        })?;
+        for ops in map.values() {
+            if let Some(bad) = ops.iter().find(|o| !OPERATIONS.contains(&o.as_str())) {
+                return Err(err(format!(
+                    "{}: unknown operation `{bad}`; use {}",
+                    at("tables"),
+                    OPERATIONS.join(", ")
+                )));
+            }
+        }
+        settings.tables = Some(map);
+    }
+    if let Some(v) = t.remove("operations") {
+        let ops: Vec<String> = v
+            .try_into()
+            .map_err(|_| err(format!("{} must be a list of operations", at("operations"))))?;
+        if let Some(bad) = ops.iter().find(|o| !OPERATIONS.contains(&o.as_str())) {
+            return Err(err(format!(
+                "{}: unknown operation `{bad}`; use {}",
+                at("operations"),
+                OPERATIONS.join(", ")
+            )));
+        }
+        settings.operations = Some(ops);
+    }
+    if let Some(v) = t.remove("batch_size") {
+        settings.batch_size = v
+            .as_integer()
+            .filter(|n| (1..=100_000).contains(n))
+            .ok_or_else(|| {
+                err(format!(
+                    "{} must be a number from 1 to 100000",
+                    at("batch_size")
+                ))
+            })? as usize;
+    }
+    if let Some(v) = t.remove("batch_timeout_ms") {
+        let ms = v
+            .as_integer()
+            .filter(|n| (0..=600_000).contains(n))
+            .ok_or_else(|| {
+                err(format!(
+                    "{} must be milliseconds from 0 to 600000",
+                    at("batch_timeout_ms")
+                ))
+            })?;
+        settings.batch_timeout = std::time::Duration::from_millis(ms as u64);
+    }
+    let kind = match kind.as_str() {
+        "file" => {
+            if let Some(toml::Value::String(size)) = t.get("max_bytes").cloned() {
+                let n = parse_size(&size).ok_or_else(|| {
+                    err(format!(
+                        "{} = `{size}` is not a size; write e.g. \"64MiB\"",
+                        at("max_bytes")
+                    ))
+                })?;
+                t.insert("max_bytes".into(), toml::Value::Integer(n as i64));
+            }
+            let cfg: spillway_sinks::file::FileSinkConfig =
+                serde_path_to_error::deserialize(toml::Value::Table(t)).map_err(|e| {
+                    let path = e.path().to_string();
+                    let path = if path == "." {
+                        String::new()
+                    } else {
+                        format!(".{path}")
+                    };
+                    err(format!(
+                        "sinks[{i}]{path}: {}",
+                        one_line(e.inner().message())
+                    ))
+                })?;
+            SinkKind::File(cfg)
+        }
+        other => {
+            return Err(err(format!(
+                "{} = `{other}` is not a sink type; one of: {}",
+                at("type"),
+                SINK_TYPES.join(", ")
+            )))
+        }
+    };
+    Ok(SinkConfig { settings, kind })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -115,6 +281,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[api]`
     pub api: ApiConfig,
+    /// `[[sinks]]`
+    pub sinks: Vec<SinkConfig>,
 }
 
 /// `[source]`, validated.
@@ -478,6 +646,20 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             "api.listen = `{listen_text}` is not an address; write host:port, e.g. \"127.0.0.1:7654\""
         ))
     })?;
+    let mut sinks = Vec::new();
+    for (i, t) in raw.sinks.into_iter().enumerate() {
+        let sink = validate_sink(i, t)?;
+        if sinks
+            .iter()
+            .any(|s: &SinkConfig| s.settings.name == sink.settings.name)
+        {
+            return Err(err(format!(
+                "sinks[{i}].name = `{}` is used twice; sink names must be unique",
+                sink.settings.name
+            )));
+        }
+        sinks.push(sink);
+    }
     if !listen.ip().is_loopback() && token.is_none() {
         return Err(err(format!(
             "api.listen = {listen} is reachable from other machines but api.token is not set; set [api] token = \"<long random string>\" (or {}) to require a bearer token, or listen on 127.0.0.1",
@@ -502,6 +684,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             max_bytes,
         },
         api: ApiConfig { listen, token },
+        sinks,
     })
 }
 
@@ -705,6 +888,28 @@ listen = "127.0.0.1:7654"
             Some(std::time::Duration::from_secs(604_800))
         );
         assert_eq!(parse_duration("x"), None);
+    }
+
+    #[test]
+    fn sinks() {
+        let base = "[source]\ndsn = \"postgres://h/db\"\n";
+        let c = Config::from_parts(Some(("f", &format!("{base}[[sinks]]\nname = \"audit\"\ntype = \"file\"\npath = \"/tmp/a.jsonl\"\nmax_bytes = \"1MiB\"\nformat = \"flat\"\ntables = {{ trades = [\"insert\"] }}\nbatch_size = 10\n"))), &[]).unwrap();
+        assert_eq!(c.sinks.len(), 1);
+        assert_eq!(c.sinks[0].settings.name, "audit");
+        assert_eq!(c.sinks[0].settings.batch_size, 10);
+        let SinkKind::File(f) = &c.sinks[0].kind;
+        assert_eq!(f.max_bytes, Some(1 << 20));
+        for (bad, needle) in [
+            ("[[sinks]]\ntype = \"file\"\npath = \"x\"\n", "sinks[0].name"),
+            ("[[sinks]]\nname = \"a\"\ntype = \"ftp\"\n", "sinks[0].type"),
+            ("[[sinks]]\nname = \"a\"\ntype = \"file\"\npath = \"x\"\npaht = 1\n", "paht"),
+            ("[[sinks]]\nname = \"a\"\ntype = \"file\"\npath = \"x\"\nformat = \"avro\"\n", "sinks[0].format"),
+            ("[[sinks]]\nname = \"a\"\ntype = \"file\"\npath = \"x\"\noperations = [\"upsert\"]\n", "upsert"),
+            ("[[sinks]]\nname = \"a\"\ntype = \"file\"\npath = \"x\"\n[[sinks]]\nname = \"a\"\ntype = \"file\"\npath = \"y\"\n", "used twice"),
+        ] {
+            let e = Config::from_parts(Some(("f", &format!("{base}{bad}"))), &[]).unwrap_err().0;
+            assert!(e.contains(needle) && !e.contains('\n'), "{e}");
+        }
     }
 
     #[test]

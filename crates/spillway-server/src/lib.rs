@@ -43,6 +43,14 @@ pub enum RunError {
         /// Cause.
         source: std::io::Error,
     },
+    /// A sink could not be set up.
+    #[error("sink `{name}`: {message}")]
+    Sink {
+        /// Sink name.
+        name: String,
+        /// What went wrong.
+        message: String,
+    },
     /// The source failed for good.
     #[error("{0}")]
     Capture(#[from] CaptureError),
@@ -57,10 +65,13 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The change log (for in-process readers: demo, tests).
     pub log: ChangeLog,
+    /// Live state of each sink (name, type, status).
+    pub sink_status: Vec<api::SinkInfo>,
     /// Live source state.
     pub source: Arc<SourceStatus>,
     shutdown: watch::Sender<bool>,
     done: watch::Receiver<bool>,
+    sinks: Vec<JoinHandle<Result<(), spillway_sinks::SinkError>>>,
     capture: JoinHandle<Result<(), CaptureError>>,
     server: JoinHandle<Result<(), std::io::Error>>,
 }
@@ -82,6 +93,12 @@ impl Running {
     pub async fn wait(mut self) -> Result<(), RunError> {
         let result = (&mut self.capture).await;
         let _ = self.shutdown.send(true);
+        // Sinks make one last delivery attempt and checkpoint it.
+        for sink in self.sinks.drain(..) {
+            if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(10), sink).await {
+                tracing::warn!(error = %e, "a sink had stopped with an error");
+            }
+        }
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.server).await;
         self.server.abort();
         match result {
@@ -165,6 +182,26 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
         addr: config.api.listen,
         source,
     })?;
+    // Each sink is a named consumer of the log; open them all before anything runs.
+    let mut sink_status = Vec::new();
+    let mut sink_starts = Vec::new();
+    for sink in &config.sinks {
+        let status = Arc::new(spillway_sinks::SinkStatus::default());
+        let destination = match &sink.kind {
+            config::SinkKind::File(f) => {
+                spillway_sinks::file::FileSink::open(f).map_err(|e| RunError::Sink {
+                    name: sink.settings.name.clone(),
+                    message: e.to_string(),
+                })?
+            }
+        };
+        sink_status.push(api::SinkInfo {
+            name: sink.settings.name.clone(),
+            kind: sink.kind.type_name(),
+            status: status.clone(),
+        });
+        sink_starts.push((sink.settings.clone(), destination, status));
+    }
     let source = Arc::new(SourceStatus::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = api::ApiState {
@@ -175,8 +212,21 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
         database: config.source.connect.dbname.clone(),
         retention: config.log.retention,
         token: config.api.token.clone(),
+        sinks: sink_status.clone(),
         shutdown: shutdown_rx.clone(),
     };
+    let sinks = sink_starts
+        .into_iter()
+        .map(|(settings, destination, status)| {
+            tokio::spawn(spillway_sinks::run_sink(
+                log.clone(),
+                settings,
+                destination,
+                status,
+                shutdown_rx.clone(),
+            ))
+        })
+        .collect();
     tokio::spawn(retention_task(
         log.clone(),
         spillway_log::RetentionPolicy {
@@ -209,6 +259,8 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
         source,
         shutdown: shutdown_tx,
         done,
+        sinks,
+        sink_status,
         capture,
         server,
     })

@@ -25,6 +25,57 @@ pub(crate) enum CdcCommand {
     },
 }
 
+/// `spillway status`: the source, the log and every sink of a running Spillway.
+pub(crate) async fn status(target: Target) -> Result<(), String> {
+    let base = crate::tail::api_base_url(target.url.as_deref(), target.config.as_deref());
+    let s = server_request(&target, reqwest::Method::GET, "/v1/status", None)
+        .await?
+        .ok_or_else(|| format!("no spillway answers at {base}; is `spillway run` running? (`spillway admin cdc status` also reads a stopped log)"))?;
+    let src = &s["source"];
+    println!(
+        "Source: database {} slot {} publication {}",
+        src["database"], src["slot"], src["publication"]
+    );
+    println!(
+        "  streaming: {}, confirmed flush: {}, WAL retained: {}, lag: {} ms, captured: {}",
+        src["streaming"],
+        src["confirmed_flush_lsn"],
+        human_bytes(src["wal_retained_bytes"].as_u64().unwrap_or(0)),
+        src["lag_ms"],
+        src["events_captured"]
+    );
+    if let Some(e) = src["last_error"].as_str() {
+        println!("  last error: {e}");
+    }
+    println!(
+        "Log: current LSN {}, oldest LSN {}, {}",
+        thousands(s["current_lsn"].as_u64().unwrap_or(0)),
+        thousands(s["oldest_lsn"].as_u64().unwrap_or(0)),
+        human_bytes(s["log"]["disk_usage_bytes"].as_u64().unwrap_or(0))
+    );
+    let sinks = s["sinks"].as_array().cloned().unwrap_or_default();
+    if sinks.is_empty() {
+        println!("Sinks: none configured");
+    }
+    for k in sinks {
+        let state = if k["failed"] == true {
+            "FAILED"
+        } else if k["retrying"] == true {
+            "retrying"
+        } else {
+            "ok"
+        };
+        println!(
+            "Sink {} ({}): {state}, delivered {}, checkpoint {}, lag {} events / {:.1} s, errors {}",
+            k["name"].as_str().unwrap_or("?"), k["type"].as_str().unwrap_or("?"), k["delivered"], k["checkpoint"], k["lag_events"], k["lag_seconds"].as_f64().unwrap_or(0.0), k["errors"]
+        );
+        if let Some(e) = k["last_error"].as_str() {
+            println!("  last error: {e}");
+        }
+    }
+    Ok(())
+}
+
 #[derive(clap::Args)]
 pub(crate) struct Target {
     /// Configuration file (for the API address, token and data directory).

@@ -41,6 +41,8 @@ enum Command {
     },
     /// Print the change stream of a running Spillway.
     Tail(Box<tail::TailArgs>),
+    /// Source, log and sink state of a running Spillway.
+    Status(admin::Target),
     /// Administration (`admin cdc status`, `admin cdc trim --before-lsn N`).
     #[command(subcommand)]
     Admin(admin::AdminCommand),
@@ -92,6 +94,10 @@ fn main() -> ExitCode {
             Command::Tail(args) => {
                 init_tracing(cli.log_json, "warn");
                 tail::tail(*args).await
+            }
+            Command::Status(target) => {
+                init_tracing(cli.log_json, "warn");
+                admin::status(target).await
             }
             Command::Admin(cmd) => {
                 init_tracing(cli.log_json, "warn");

@@ -113,6 +113,49 @@ pub fn render(state: &ApiState) -> Result<String, spillway_log::LogError> {
             "spillway_consumer_lag_seconds{{consumer=\"{name}\"}} {secs:.3}"
         );
     }
+    let sinks: Vec<(String, spillway_sinks::SinkStatusSnapshot)> = state
+        .sinks
+        .iter()
+        .map(|s| (label_value(&s.name), s.status.snapshot()))
+        .collect();
+    for (name, kind, help, value) in [
+        (
+            "spillway_sink_delivered_total",
+            "counter",
+            "Events a sink delivered (acknowledged by its destination).",
+            &(|s: &spillway_sinks::SinkStatusSnapshot| s.delivered as f64)
+                as &dyn Fn(&spillway_sinks::SinkStatusSnapshot) -> f64,
+        ),
+        (
+            "spillway_sink_errors_total",
+            "counter",
+            "Failed delivery attempts of a sink.",
+            &|s| s.errors as f64,
+        ),
+        (
+            "spillway_sink_retrying",
+            "gauge",
+            "1 while a sink retries an unreachable destination.",
+            &|s| u8::from(s.retrying) as f64,
+        ),
+        (
+            "spillway_sink_lag_events",
+            "gauge",
+            "Events after a sink's checkpoint.",
+            &|s| s.lag_events as f64,
+        ),
+        (
+            "spillway_sink_lag_seconds",
+            "gauge",
+            "Commit-time distance between a sink's checkpoint and the newest event.",
+            &|s| s.lag_micros as f64 / 1e6,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (sink, snap) in &sinks {
+            let _ = writeln!(out, "{name}{{sink=\"{sink}\"}} {}", value(snap));
+        }
+    }
     Ok(out)
 }
 

@@ -46,8 +46,21 @@ pub struct ApiState {
     pub retention: Option<Duration>,
     /// Bearer token; `None` = no auth.
     pub token: Option<Secret>,
+    /// The configured sinks.
+    pub sinks: Vec<SinkInfo>,
     /// Turns true when the server stops; open streams end then.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// A configured sink, for status and metrics.
+#[derive(Clone)]
+pub struct SinkInfo {
+    /// Its name (also its checkpoint name).
+    pub name: String,
+    /// Its type (`file`, …).
+    pub kind: &'static str,
+    /// Live counters.
+    pub status: Arc<spillway_sinks::SinkStatus>,
 }
 
 /// Builds the router.
@@ -160,6 +173,21 @@ pub fn status_json(state: &ApiState) -> serde_json::Value {
             "lag_ms": s.lag_ms.load(Ordering::Relaxed),
             "last_error": s.last_error.lock().map(|e| e.clone()).unwrap_or(None),
         },
+        "sinks": state.sinks.iter().map(|s| {
+            let snap = s.status.snapshot();
+            json!({
+                "name": s.name,
+                "type": s.kind,
+                "delivered": snap.delivered,
+                "errors": snap.errors,
+                "retrying": snap.retrying,
+                "failed": snap.failed,
+                "checkpoint": snap.checkpoint_lsn,
+                "lag_events": snap.lag_events,
+                "lag_seconds": snap.lag_micros as f64 / 1e6,
+                "last_error": snap.last_error,
+            })
+        }).collect::<Vec<_>>(),
         "log": {
             "dir": state.log.dir().display().to_string(),
             "disk_usage_bytes": state.log.disk_usage_bytes(),

@@ -969,3 +969,100 @@ async fn a_stuck_consumer_neither_stalls_others_nor_grows_memory() {
         rss / 1024
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_sink_is_a_named_consumer_with_status_and_metrics() {
+    let pg = cluster(SCHEMA).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("audit.jsonl");
+    let sink = format!(
+        "[[sinks]]\nname = \"audit\"\ntype = \"file\"\npath = \"{}\"\nformat = \"flat\"\ntables = {{ holding = [\"insert\", \"update\"] }}\n",
+        out.display()
+    );
+    let text = config(&pg, dir.path(), "", "") + &sink;
+    let running = spillway_server::start(Config::from_parts(Some(("test", &text)), &[]).unwrap())
+        .await
+        .unwrap();
+    let base = format!("http://{}", running.addr);
+    pg.execute("shop", "INSERT INTO bank.holding SELECT g, 'a' FROM generate_series(1, 5) g; UPDATE bank.holding SET v = 'b' WHERE id = 1; DELETE FROM bank.holding WHERE id = 2; INSERT INTO commerce.users VALUES (1, 'u');").await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    let lines = loop {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.len() >= 6 {
+            break lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sink delivered only {} lines",
+            lines.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // reference 001's flat shape, filtered by the sink's tables map (no delete, no users)
+    let actions: Vec<&str> = lines
+        .iter()
+        .map(|l| l["Action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["insert", "insert", "insert", "insert", "insert", "update"]
+    );
+    assert!(lines
+        .iter()
+        .all(|l| l["Table"] == "holding" && l["Schema"] == "bank"));
+    assert_eq!(lines[5]["Data"]["v"], "b");
+    // the sink's checkpoint reaches the end of the log (filtered events advance it too)
+    let current = running.log.committed_lsn();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = reqwest::get(format!("{base}/v1/status"))
+            .await
+            .unwrap()
+            .json_value()
+            .await;
+        let sink = &s["sinks"][0];
+        assert_eq!(sink["name"], "audit");
+        assert_eq!(sink["type"], "file");
+        if sink["checkpoint"] == current {
+            assert_eq!(
+                sink["delivered"], 6,
+                "6 rows (the flat format carries row changes only): {sink}"
+            );
+            assert_eq!(sink["lag_events"], 0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "sink checkpoint stuck: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("spillway_sink_delivered_total{sink=\"audit\"} 6"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("spillway_sink_retrying{sink=\"audit\"} 0"),
+        "{metrics}"
+    );
+    let out_text = tokio::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["status", "--url", &base])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out_text.stdout);
+    assert!(out_text.status.success(), "{text}");
+    assert!(
+        text.contains("Sink audit (file): ok, delivered 6"),
+        "{text}"
+    );
+    running.shutdown();
+    running.wait().await.unwrap();
+}
