@@ -59,7 +59,7 @@ struct RawConfig {
 }
 
 /// Sink types known so far.
-const SINK_TYPES: &[&str] = &["file"];
+const SINK_TYPES: &[&str] = &["file", "webhook"];
 
 /// One `[[sinks]]` entry, validated.
 #[derive(Debug, Clone)]
@@ -75,6 +75,8 @@ pub struct SinkConfig {
 pub enum SinkKind {
     /// JSON lines to a file or stdout.
     File(spillway_sinks::file::FileSinkConfig),
+    /// Batched HTTP POST of JSON arrays.
+    Webhook(spillway_sinks::webhook::WebhookSinkConfig),
 }
 
 impl SinkKind {
@@ -82,6 +84,7 @@ impl SinkKind {
     pub fn type_name(&self) -> &'static str {
         match self {
             SinkKind::File(_) => "file",
+            SinkKind::Webhook(_) => "webhook",
         }
     }
 }
@@ -209,6 +212,24 @@ fn validate_sink(i: usize, mut t: toml::Table) -> Result<SinkConfig, ConfigError
                     ))
                 })?;
             SinkKind::File(cfg)
+        }
+        "webhook" => {
+            let cfg: spillway_sinks::webhook::WebhookSinkConfig =
+                serde_path_to_error::deserialize(toml::Value::Table(t)).map_err(|e| {
+                    let path = e.path().to_string();
+                    let path = if path == "." {
+                        String::new()
+                    } else {
+                        format!(".{path}")
+                    };
+                    err(format!(
+                        "sinks[{i}]{path}: {}",
+                        one_line(e.inner().message())
+                    ))
+                })?;
+            cfg.validate()
+                .map_err(|e| err(format!("sinks[{i}]: {e}")))?;
+            SinkKind::Webhook(cfg)
         }
         other => {
             return Err(err(format!(
@@ -897,8 +918,31 @@ listen = "127.0.0.1:7654"
         assert_eq!(c.sinks.len(), 1);
         assert_eq!(c.sinks[0].settings.name, "audit");
         assert_eq!(c.sinks[0].settings.batch_size, 10);
-        let SinkKind::File(f) = &c.sinks[0].kind;
+        let SinkKind::File(f) = &c.sinks[0].kind else {
+            panic!("not a file sink")
+        };
         assert_eq!(f.max_bytes, Some(1 << 20));
+        let c = Config::from_parts(Some(("f", &format!("{base}[[sinks]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/in\"\nsecret = \"s3cr3t-value\"\nformat = \"document\"\n"))), &[]).unwrap();
+        let SinkKind::Webhook(w) = &c.sinks[0].kind else {
+            panic!("not a webhook sink")
+        };
+        assert_eq!(w.url, "http://127.0.0.1:9/in");
+        assert!(
+            !format!("{c:?}").contains("s3cr3t-value"),
+            "secrets never show in Debug"
+        );
+        let e = Config::from_parts(
+            Some((
+                "f",
+                &format!(
+                    "{base}[[sinks]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"ftp://x\"\n"
+                ),
+            )),
+            &[],
+        )
+        .unwrap_err()
+        .0;
+        assert!(e.contains("sinks[0]") && !e.contains('\n'), "{e}");
         for (bad, needle) in [
             ("[[sinks]]\ntype = \"file\"\npath = \"x\"\n", "sinks[0].name"),
             ("[[sinks]]\nname = \"a\"\ntype = \"ftp\"\n", "sinks[0].type"),

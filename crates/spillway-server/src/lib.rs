@@ -188,13 +188,15 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
     for sink in &config.sinks {
         let status = Arc::new(spillway_sinks::SinkStatus::default());
         let destination = match &sink.kind {
-            config::SinkKind::File(f) => {
-                spillway_sinks::file::FileSink::open(f).map_err(|e| RunError::Sink {
-                    name: sink.settings.name.clone(),
-                    message: e.to_string(),
-                })?
-            }
-        };
+            config::SinkKind::File(f) => spillway_sinks::file::FileSink::open(f)
+                .map(|s| Box::new(s) as Box<dyn spillway_sinks::DynSink>),
+            config::SinkKind::Webhook(w) => spillway_sinks::webhook::WebhookSink::new(w)
+                .map(|s| Box::new(s) as Box<dyn spillway_sinks::DynSink>),
+        }
+        .map_err(|e| RunError::Sink {
+            name: sink.settings.name.clone(),
+            message: e.to_string(),
+        })?;
         sink_status.push(api::SinkInfo {
             name: sink.settings.name.clone(),
             kind: sink.kind.type_name(),

@@ -96,6 +96,7 @@
 //! * [`file`](mod@file) — the `file` sink (JSON lines, rotation by size, or stdout).
 //!   Every sink is a directory with the same files: `mod.rs` (docs),
 //!   `config.rs` (serde config), `sink.rs` (the [`Sink`] implementation).
+//! * [`webhook`] — the `webhook` sink (one signed HTTP POST per batch).
 //! * [`conformance`] — the suite every sink's tests run.
 
 pub mod conformance;
@@ -103,6 +104,7 @@ mod event;
 pub mod file;
 mod filter;
 pub mod runtime;
+pub mod webhook;
 
 pub use spillway_core::encoding::{EncoderOptions, Format};
 
