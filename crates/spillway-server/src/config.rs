@@ -89,6 +89,23 @@ impl SinkKind {
     }
 }
 
+/// Deserializes `value`, naming the offending key path under `prefix` in errors
+/// (`sinks[0].url: invalid type …`).
+fn deserialize_at<T: serde::de::DeserializeOwned>(
+    value: toml::Value,
+    prefix: &str,
+) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let msg = one_line(e.inner().message());
+        match path.as_str() {
+            "" | "." => err(format!("{}: {msg}", prefix.trim_end_matches(':'))),
+            p if prefix.ends_with(':') => err(format!("{prefix} {p}: {msg}")),
+            p => err(format!("{prefix}.{p}: {msg}")),
+        }
+    })
+}
+
 fn validate_sink(i: usize, mut t: toml::Table) -> Result<SinkConfig, ConfigError> {
     let at = |key: &str| format!("sinks[{i}].{key}");
     let name = match t.remove("name") {
@@ -199,34 +216,12 @@ fn validate_sink(i: usize, mut t: toml::Table) -> Result<SinkConfig, ConfigError
                 t.insert("max_bytes".into(), toml::Value::Integer(n as i64));
             }
             let cfg: spillway_sinks::file::FileSinkConfig =
-                serde_path_to_error::deserialize(toml::Value::Table(t)).map_err(|e| {
-                    let path = e.path().to_string();
-                    let path = if path == "." {
-                        String::new()
-                    } else {
-                        format!(".{path}")
-                    };
-                    err(format!(
-                        "sinks[{i}]{path}: {}",
-                        one_line(e.inner().message())
-                    ))
-                })?;
+                deserialize_at(toml::Value::Table(t), &format!("sinks[{i}]"))?;
             SinkKind::File(cfg)
         }
         "webhook" => {
             let cfg: spillway_sinks::webhook::WebhookSinkConfig =
-                serde_path_to_error::deserialize(toml::Value::Table(t)).map_err(|e| {
-                    let path = e.path().to_string();
-                    let path = if path == "." {
-                        String::new()
-                    } else {
-                        format!(".{path}")
-                    };
-                    err(format!(
-                        "sinks[{i}]{path}: {}",
-                        one_line(e.inner().message())
-                    ))
-                })?;
+                deserialize_at(toml::Value::Table(t), &format!("sinks[{i}]"))?;
             cfg.validate()
                 .map_err(|e| err(format!("sinks[{i}]: {e}")))?;
             SinkKind::Webhook(cfg)
@@ -403,16 +398,7 @@ impl Config {
         };
         apply_env(&mut table, env)?;
         let origin = file.map(|(n, _)| n).unwrap_or("environment");
-        let raw: RawConfig =
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-                let path = e.path().to_string();
-                let msg = one_line(e.inner().message());
-                if path.is_empty() || path == "." {
-                    err(format!("{origin}: {msg}"))
-                } else {
-                    err(format!("{origin}: {path}: {msg}"))
-                }
-            })?;
+        let raw: RawConfig = deserialize_at(toml::Value::Table(table), &format!("{origin}:"))?;
         validate(raw)
     }
 }
