@@ -97,12 +97,17 @@
 //!   Every sink is a directory with the same files: `mod.rs` (docs),
 //!   `config.rs` (serde config), `sink.rs` (the [`Sink`] implementation).
 //! * [`webhook`] — the `webhook` sink (one signed HTTP POST per batch).
+//! * [`route`] — topic / subject names from templates and mappings
+//!   (used by the broker sinks, which live in crates of their own:
+//!   `spillway-sink-nats`, `spillway-sink-kafka`, `spillway-sink-s3`, so
+//!   their heavy dependencies build once).
 //! * [`conformance`] — the suite every sink's tests run.
 
 pub mod conformance;
 mod event;
 pub mod file;
 mod filter;
+pub mod route;
 pub mod runtime;
 pub mod webhook;
 

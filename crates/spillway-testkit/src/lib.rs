@@ -6,6 +6,8 @@
 //! otherwise the newest `/usr/lib/postgresql/*/bin`. When running as root the server runs
 //! as the `postgres` user (PostgreSQL refuses to run as root).
 
+pub mod services;
+
 use spillway_postgres::{ConnectConfig, PgConnection, PgError};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;

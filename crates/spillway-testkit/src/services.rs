@@ -1,0 +1,279 @@
+//! Real brokers and object stores for tests and the benchmark: each is a
+//! child process on a free loopback port with its data in a temporary
+//! directory, stopped (and its data removed) on drop. `stop` + `start_again`
+//! simulate an outage: the same port and the same data come back.
+//!
+//! Binaries are found, in order, from an environment variable
+//! (`SPILLWAY_NATS_SERVER`, `SPILLWAY_TANSU`, `SPILLWAY_S3S_FS`), the
+//! workspace's `.tools/` (what `make deps-services` installs), the cache
+//! `~/.cache/spillway/tools/bin` (slow `cargo install` builds are kept
+//! there across clones), and `PATH`. A missing binary fails the test with the
+//! make target that installs it.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{free_port, send_signal, KitResult};
+
+/// The workspace root (two levels above this crate).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap_or_else(|_| PathBuf::from("."))
+}
+
+/// Finds a service binary: `$env`, then the given workspace-relative
+/// paths, then the tool cache, then `PATH`.
+pub fn find_tool(name: &str, env: &str, workspace_paths: &[&str]) -> KitResult<PathBuf> {
+    if let Ok(p) = std::env::var(env) {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Ok(p);
+        }
+        return Err(format!("{env}={} is not a file", p.display()));
+    }
+    let root = workspace_root();
+    let mut candidates: Vec<PathBuf> = workspace_paths.iter().map(|p| root.join(p)).collect();
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(
+            PathBuf::from(home)
+                .join(".cache/spillway/tools/bin")
+                .join(name),
+        );
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join(name)));
+    }
+    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        format!("`{name}` not found (set {env}, or run `make deps-services` to install it)")
+    })
+}
+
+/// Waits until something accepts TCP connections on `127.0.0.1:port`.
+pub fn wait_for_port(port: u16, child: &mut Child, what: &str, log: &Path) -> KitResult<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if TcpStream::connect_timeout(
+            &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_millis(200),
+        )
+        .is_ok()
+        {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "{what} exited ({status}) before listening on {port}: {}",
+                tail(log)
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{what} did not listen on {port} within 60 s: {}",
+                tail(log)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The last lines of a log file (for error messages).
+pub fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// A server process started from a command line, restartable on the same
+/// port with the same data directory.
+pub struct Service {
+    what: &'static str,
+    program: PathBuf,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    /// The port it listens on (127.0.0.1).
+    pub port: u16,
+    /// Extra ports that must listen before it counts as started.
+    wait_ports: Vec<u16>,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Service {
+    /// Starts `program args` (with `envs`), logging to `<dir>/server.log`,
+    /// and waits until `port` (and every one of `wait_ports`) accepts
+    /// connections. `{dir}` in an argument or an environment value is the
+    /// service's temporary directory.
+    pub fn start(
+        what: &'static str,
+        program: PathBuf,
+        args: Vec<String>,
+        envs: Vec<(String, String)>,
+        port: u16,
+        wait_ports: Vec<u16>,
+        dir: tempfile::TempDir,
+    ) -> KitResult<Service> {
+        let d = dir.path().display().to_string();
+        let args = args.into_iter().map(|a| a.replace("{dir}", &d)).collect();
+        let envs = envs
+            .into_iter()
+            .map(|(k, v)| (k, v.replace("{dir}", &d)))
+            .collect();
+        let mut s = Service {
+            what,
+            program,
+            args,
+            envs,
+            port,
+            wait_ports,
+            dir,
+            child: None,
+        };
+        s.start_again()?;
+        Ok(s)
+    }
+
+    /// The temporary directory (data, `server.log`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The server's log so far (last lines).
+    pub fn log_tail(&self) -> String {
+        tail(&self.dir.path().join("server.log"))
+    }
+
+    /// Starts the process again (after [`Service::stop`]) on the same port
+    /// and data, and waits until it listens.
+    pub fn start_again(&mut self) -> KitResult<()> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let log_path = self.dir.path().join("server.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("{}: cannot open its log: {e}", self.what))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| format!("{}: log: {e}", self.what))?;
+        let mut child = Command::new(&self.program)
+            .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|e| {
+                format!(
+                    "cannot start {} ({}): {e}",
+                    self.what,
+                    self.program.display()
+                )
+            })?;
+        for port in std::iter::once(self.port).chain(self.wait_ports.clone()) {
+            if let Err(e) = wait_for_port(port, &mut child, self.what, &log_path) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Stops the process (SIGTERM, then SIGKILL after 10 s) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            send_signal(child.id(), "TERM");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the process at once (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn temp(prefix: &str) -> KitResult<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .map_err(|e| format!("tempdir: {e}"))
+}
+
+/// A NATS server with JetStream (`nats-server -js`), storage in its
+/// temporary directory.
+pub struct NatsServer {
+    /// The process.
+    pub service: Service,
+}
+
+impl NatsServer {
+    /// Starts `nats-server -js` on a free port.
+    pub fn start() -> KitResult<NatsServer> {
+        NatsServer::start_with_args(&[])
+    }
+
+    /// Starts `nats-server -js` on a free port with extra arguments (e.g.
+    /// `--auth TOKEN`).
+    pub fn start_with_args(extra: &[&str]) -> KitResult<NatsServer> {
+        let bin = find_tool(
+            "nats-server",
+            "SPILLWAY_NATS_SERVER",
+            &[".tools/nats/bin/nats-server"],
+        )?;
+        let port = free_port();
+        let args = [
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-sd",
+            "{dir}/js",
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect();
+        let service = Service::start(
+            "nats-server",
+            bin,
+            args,
+            Vec::new(),
+            port,
+            Vec::new(),
+            temp("spillway-nats-")?,
+        )?;
+        Ok(NatsServer { service })
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.service.port)
+    }
+}
