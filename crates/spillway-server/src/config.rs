@@ -8,6 +8,8 @@
 //! reference 001 work too: `DB_DSN`, `SLOT_NAME`, `PUBLICATION_NAME`, `TABLE_FILTER`
 //! (JSON `{"trades":["insert","update"]}` or a comma list), `OUTPUT_PLUGIN` (must be
 //! `pgoutput`). A `SPILLWAY_` variable will override its reference-001 alias.
+//! `NATS_PUB_URI` (with `TOPIC_MAPPING`, `TOPIC_PREFIX`) adds reference 001's NATS sink,
+//! so `DB_DSN` + `NATS_PUB_URI` is a whole PostgreSQL → NATS pipeline without a file.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -59,7 +61,7 @@ struct RawConfig {
 }
 
 /// Sink types known so far.
-const SINK_TYPES: &[&str] = &["file", "webhook"];
+const SINK_TYPES: &[&str] = &["file", "webhook", "nats"];
 
 /// One `[[sinks]]` entry, validated.
 #[derive(Debug, Clone)]
@@ -77,6 +79,8 @@ pub enum SinkKind {
     File(spillway_sinks::file::FileSinkConfig),
     /// Batched HTTP POST of JSON arrays.
     Webhook(spillway_sinks::webhook::WebhookSinkConfig),
+    /// NATS JetStream.
+    Nats(Box<spillway_sink_nats::NatsSinkConfig>),
 }
 
 impl SinkKind {
@@ -85,6 +89,7 @@ impl SinkKind {
         match self {
             SinkKind::File(_) => "file",
             SinkKind::Webhook(_) => "webhook",
+            SinkKind::Nats(_) => "nats",
         }
     }
 }
@@ -149,6 +154,23 @@ fn validate_sink(i: usize, mut t: toml::Table) -> Result<SinkConfig, ConfigError
             .map_err(|e: spillway_core::encoding::UnknownFormat| {
                 err(format!("{}: {e}", at("format")))
             })?;
+    }
+    if let Some(v) = t.remove("prefix") {
+        let p = v
+            .as_str()
+            .filter(|p| {
+                !p.is_empty()
+                    && p.len() <= 128
+                    && p.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            })
+            .ok_or_else(|| {
+                err(format!(
+                    "{} must be 1-128 letters, digits, `_`, `-` or `.` (it fills {{prefix}} in topic and subject names)",
+                    at("prefix")
+                ))
+            })?;
+        settings.encoder_options.prefix = p.to_owned();
     }
     if let Some(v) = t.remove("tables") {
         let map: BTreeMap<String, Vec<String>> = v.try_into().map_err(|_| {
@@ -225,6 +247,14 @@ fn validate_sink(i: usize, mut t: toml::Table) -> Result<SinkConfig, ConfigError
             cfg.validate()
                 .map_err(|e| err(format!("sinks[{i}]: {e}")))?;
             SinkKind::Webhook(cfg)
+        }
+        "nats" => {
+            let cfg: spillway_sink_nats::NatsSinkConfig =
+                deserialize_at(toml::Value::Table(t), &format!("sinks[{i}]"))?;
+            // Checks the settings and the subject templates (no connection).
+            spillway_sink_nats::NatsSink::new(&cfg, &settings.encoder_options.prefix, "db")
+                .map_err(|e| err(format!("sinks[{i}]: {e}")))?;
+            SinkKind::Nats(Box::new(cfg))
         }
         other => {
             return Err(err(format!(
@@ -440,6 +470,7 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), Co
             }
         }
     }
+    reference_001_sink(table, &lookup)?;
     for (section, key, alias) in KEYS {
         let value = lookup(&env_name(section, key)).or_else(|| alias.and_then(&lookup));
         let Some(value) = value else { continue };
@@ -454,6 +485,63 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), Co
             _ => return Err(err(format!("`{section}` must be a table ([{section}])"))),
         }
     }
+    Ok(())
+}
+
+/// Reference 001's pipeline from the environment alone: `NATS_PUB_URI` adds
+/// a `nats` sink named `nats` (format `flat`: `ID, Schema, Table, Action,
+/// Data, DataOld, EventTime`), with `TOPIC_MAPPING` (JSON object) as its
+/// `subject_mapping` and `TOPIC_PREFIX` as its `prefix`. `TABLE_FILTER`
+/// filters at the source, for every sink.
+fn reference_001_sink(
+    table: &mut toml::Table,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    let Some(url) = lookup("NATS_PUB_URI") else {
+        if lookup("TOPIC_MAPPING").is_some() {
+            return Err(err(
+                "TOPIC_MAPPING is set but NATS_PUB_URI is not; set NATS_PUB_URI=nats://host:4222 for the NATS sink it maps subjects of",
+            ));
+        }
+        return Ok(());
+    };
+    let mut sink = toml::Table::new();
+    sink.insert("name".into(), "nats".into());
+    sink.insert("type".into(), "nats".into());
+    sink.insert("url".into(), url.into());
+    sink.insert("format".into(), "flat".into());
+    if let Some(prefix) = lookup("TOPIC_PREFIX") {
+        sink.insert("prefix".into(), prefix.into());
+    }
+    if let Some(mapping) = lookup("TOPIC_MAPPING") {
+        let json: serde_json::Value = serde_json::from_str(mapping.trim()).map_err(|e| {
+            err(format!(
+                "TOPIC_MAPPING: not valid JSON ({e}); write {{\"trades\":\"transactions\"}}"
+            ))
+        })?;
+        let ok = json
+            .as_object()
+            .is_some_and(|o| o.values().all(serde_json::Value::is_string));
+        let value = json_to_toml(&json).filter(|_| ok).ok_or_else(|| {
+            err("TOPIC_MAPPING: must be a JSON object of table to subject, e.g. {\"trades\":\"transactions\"}")
+        })?;
+        sink.insert("subject_mapping".into(), value);
+    }
+    let sinks = table
+        .entry("sinks")
+        .or_insert_with(|| toml::Value::Array(Vec::new()));
+    let toml::Value::Array(list) = sinks else {
+        return Err(err("`sinks` must be a list of tables ([[sinks]])"));
+    };
+    if list
+        .iter()
+        .any(|s| s.get("name").and_then(toml::Value::as_str) == Some("nats"))
+    {
+        return Err(err(
+            "NATS_PUB_URI adds a sink named `nats`, but the config file has one already; remove NATS_PUB_URI or rename the file's sink",
+        ));
+    }
+    list.push(toml::Value::Table(sink));
     Ok(())
 }
 
@@ -950,5 +1038,105 @@ listen = "127.0.0.1:7654"
         assert_eq!(parse_size("1MB"), Some(1_000_000));
         assert_eq!(parse_size("x"), None);
         assert_eq!(parse_size("99999999999999999999"), None);
+    }
+
+    #[test]
+    fn nats_sink_and_reference_001_environment() {
+        let base = "[source]\ndsn = \"postgres://u@h/db\"\n";
+        let c = Config::from_parts(Some(("f", &format!("{base}[[sinks]]\nname = \"bus\"\ntype = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nprefix = \"app\"\nsubject_mapping = {{ trades = \"transactions\" }}\ntoken = \"tok\"\n"))), &[]).unwrap();
+        let SinkKind::Nats(n) = &c.sinks[0].kind else {
+            panic!("not a nats sink")
+        };
+        assert_eq!(n.subject, "{prefix}_{schema}_{table}");
+        assert_eq!(n.subject_mapping["trades"], "transactions");
+        assert_eq!(c.sinks[0].settings.encoder_options.prefix, "app");
+        assert!(!format!("{c:?}").contains("tok\""), "token hidden");
+
+        // Reference 001: the environment alone makes the pipeline.
+        let c = Config::from_parts(
+            None,
+            &env(&[
+                (
+                    "DB_DSN",
+                    "postgres://postgres:pw@localhost:5432/db_name?replication=database",
+                ),
+                ("OUTPUT_PLUGIN", "pgoutput"),
+                ("PUBLICATION_NAME", "ditto"),
+                ("SLOT_NAME", "ditto"),
+                ("NATS_PUB_URI", "nats://localhost:4222"),
+                ("TABLE_FILTER", r#"{"trades":["insert"]}"#),
+                ("TOPIC_MAPPING", r#"{"trades":"transactions"}"#),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.source.slot, "ditto");
+        assert_eq!(c.sinks.len(), 1);
+        let s = &c.sinks[0];
+        assert_eq!(s.settings.name, "nats");
+        assert_eq!(s.settings.format, spillway_core::encoding::Format::Flat);
+        let SinkKind::Nats(n) = &s.kind else {
+            panic!("not a nats sink")
+        };
+        assert_eq!(n.url, "nats://localhost:4222");
+        assert_eq!(n.subject_mapping["trades"], "transactions");
+
+        for (pairs, want) in [
+            (
+                vec![("DB_DSN", "postgres://h/d"), ("TOPIC_MAPPING", "{}")],
+                "NATS_PUB_URI",
+            ),
+            (
+                vec![
+                    ("DB_DSN", "postgres://h/d"),
+                    ("NATS_PUB_URI", "nats://h:1"),
+                    ("TOPIC_MAPPING", "[1]"),
+                ],
+                "TOPIC_MAPPING",
+            ),
+            (
+                vec![
+                    ("DB_DSN", "postgres://h/d"),
+                    ("NATS_PUB_URI", "nats://h:1"),
+                    ("TOPIC_MAPPING", "{bad"),
+                ],
+                "TOPIC_MAPPING",
+            ),
+            (
+                vec![("DB_DSN", "postgres://h/d"), ("NATS_PUB_URI", "http://h:1")],
+                "not a NATS URL",
+            ),
+            (
+                vec![
+                    ("DB_DSN", "postgres://h/d"),
+                    ("NATS_PUB_URI", "nats://h:1"),
+                    ("TOPIC_PREFIX", "a b"),
+                ],
+                "prefix",
+            ),
+        ] {
+            let e = Config::from_parts(None, &env(&pairs))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+        let e = Config::from_parts(
+            Some((
+                "f",
+                &format!("{base}[[sinks]]\nname = \"nats\"\ntype = \"file\"\npath = \"x\"\n"),
+            )),
+            &env(&[("NATS_PUB_URI", "nats://h:1")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("already"), "{e}");
+        let e = Config::from_parts(
+            Some(("f", &format!("{base}[[sinks]]\nname = \"n\"\ntype = \"nats\"\nurl = \"nats://h:1\"\nsubject = \"{{prefix}}.{{tbl}}\"\n"))),
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("sinks[0]") && e.to_string().contains("{tbl}"),
+            "{e}"
+        );
     }
 }

@@ -192,6 +192,12 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
                 .map(|s| Box::new(s) as Box<dyn spillway_sinks::DynSink>),
             config::SinkKind::Webhook(w) => spillway_sinks::webhook::WebhookSink::new(w)
                 .map(|s| Box::new(s) as Box<dyn spillway_sinks::DynSink>),
+            config::SinkKind::Nats(n) => spillway_sink_nats::NatsSink::new(
+                n,
+                &sink.settings.encoder_options.prefix,
+                &config.source.connect.dbname,
+            )
+            .map(|s| Box::new(s) as Box<dyn spillway_sinks::DynSink>),
         }
         .map_err(|e| RunError::Sink {
             name: sink.settings.name.clone(),

@@ -9,30 +9,19 @@ use serde_json::Value;
 use spillway_sink_nats::{NatsSink, NatsSinkConfig};
 use spillway_sinks::conformance::{self, test_settings, wait_until, Outage, Running, TestLog};
 use spillway_sinks::{Sink, SinkError, SinkRecord};
-use spillway_testkit::services::NatsServer;
+use spillway_testkit::services::{read_jetstream, NatsServer};
 
-/// Every message of `stream`, in stream order: (subject, headers' msg id, body).
+/// Every message of `stream`, in stream order: (subject, Nats-Msg-Id, body).
 async fn read_stream(url: &str, stream: &str) -> Vec<(String, String, Value)> {
-    let client = async_nats::connect(url)
+    read_jetstream(url, stream)
         .await
-        .expect("connect to read back");
-    let js = jetstream::new(client);
-    let mut s = js.get_stream(stream).await.expect("the stream exists");
-    let last = s.info().await.expect("stream info").state.last_sequence;
-    let mut out = Vec::new();
-    for seq in 1..=last {
-        let Ok(m) = s.get_raw_message(seq).await else {
-            continue;
-        };
-        let id = m
-            .headers
-            .get(async_nats::header::NATS_MESSAGE_ID)
-            .map(|v| v.as_str().to_owned())
-            .unwrap_or_default();
-        let body: Value = serde_json::from_slice(&m.payload).expect("a JSON message");
-        out.push((m.subject.to_string(), id, body));
-    }
-    out
+        .expect("read the stream back")
+        .into_iter()
+        .map(|m| {
+            let body: Value = serde_json::from_slice(&m.payload).expect("a JSON message");
+            (m.subject, m.msg_id, body)
+        })
+        .collect()
 }
 
 fn read_blocking(url: &str, stream: &str) -> Vec<(String, String, Value)> {

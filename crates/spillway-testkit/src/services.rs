@@ -277,3 +277,52 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.service.port)
     }
 }
+
+/// One message of a JetStream stream, as read back by [`read_jetstream`].
+#[derive(Debug, Clone)]
+pub struct JetStreamMessage {
+    /// Stream sequence.
+    pub sequence: u64,
+    /// Subject.
+    pub subject: String,
+    /// The `Nats-Msg-Id` header ("" if none).
+    pub msg_id: String,
+    /// The payload.
+    pub payload: Vec<u8>,
+}
+
+/// Every message of `stream` on the server at `url`, in stream order
+/// (empty if the stream does not exist yet).
+pub async fn read_jetstream(url: &str, stream: &str) -> KitResult<Vec<JetStreamMessage>> {
+    let client = async_nats::connect(url)
+        .await
+        .map_err(|e| format!("connect to {url}: {e}"))?;
+    let js = async_nats::jetstream::new(client);
+    let Ok(mut s) = js.get_stream(stream).await else {
+        return Ok(Vec::new());
+    };
+    let state = s
+        .info()
+        .await
+        .map_err(|e| format!("stream info: {e}"))?
+        .state
+        .clone();
+    let mut out = Vec::new();
+    for sequence in state.first_sequence.max(1)..=state.last_sequence {
+        let Ok(m) = s.get_raw_message(sequence).await else {
+            continue; // deleted
+        };
+        let msg_id = m
+            .headers
+            .get(async_nats::header::NATS_MESSAGE_ID)
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
+        out.push(JetStreamMessage {
+            sequence,
+            subject: m.subject.to_string(),
+            msg_id,
+            payload: m.payload.to_vec(),
+        });
+    }
+    Ok(out)
+}

@@ -8,3 +8,4 @@
 mod cli;
 mod pg;
 mod pg_stream;
+mod scenarios;

@@ -562,20 +562,50 @@ pub(crate) struct Proc {
 
 impl Proc {
     pub(crate) fn start(config: &Path, workdir: &Path) -> Proc {
+        let config = config.display().to_string();
+        Proc::start_with(&["run", "--config", &config], &[], workdir)
+    }
+
+    /// `spillway <args>` with `envs` on top of a clean environment (no
+    /// inherited `SPILLWAY_*` or reference-001 variables), in `workdir`.
+    pub(crate) fn start_with(args: &[&str], envs: &[(&str, &str)], workdir: &Path) -> Proc {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let stderr_path = workdir.join(format!(
             "stderr-{}.log",
-            Instant::now().elapsed().as_nanos()
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_spillway"))
-            .args(["run", "--config"])
-            .arg(config)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_spillway"));
+        for (k, _) in std::env::vars() {
+            let reference = [
+                "DB_DSN",
+                "SLOT_NAME",
+                "PUBLICATION_NAME",
+                "TABLE_FILTER",
+                "OUTPUT_PLUGIN",
+                "NATS_PUB_URI",
+                "TOPIC_MAPPING",
+                "TOPIC_PREFIX",
+            ];
+            if k.starts_with("SPILLWAY_") || reference.contains(&k.as_str()) {
+                cmd.env_remove(k);
+            }
+        }
+        let child = cmd
+            .args(args)
+            .envs(envs.iter().copied())
             .env("RUST_LOG", "info")
+            .current_dir(workdir)
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
             .unwrap();
         Proc { child, stderr_path }
+    }
+
+    /// Whether the process has exited already.
+    pub(crate) fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     pub(crate) fn stderr(&self) -> String {
