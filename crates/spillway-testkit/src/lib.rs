@@ -6,6 +6,7 @@
 //! otherwise the newest `/usr/lib/postgresql/*/bin`. When running as root the server runs
 //! as the `postgres` user (PostgreSQL refuses to run as root).
 
+pub mod pki;
 pub mod services;
 
 use spillway_postgres::{ConnectConfig, PgConnection, PgError};
@@ -425,73 +426,7 @@ fn run_quiet(mut cmd: Command, run_as: Option<(u32, u32)>, what: &str) -> KitRes
 /// A throwaway CA (`root.crt` in the temp dir) and a server certificate it signed, for
 /// `localhost` and `127.0.0.1`.
 fn make_cert(tmp: &Path, data: &Path, run_as: Option<(u32, u32)>) -> KitResult<()> {
-    let openssl = |args: &[&str]| -> KitResult<()> {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(tmp)
-            .output()
-            .map_err(|e| format!("openssl: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "openssl {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    };
-    std::fs::write(
-        tmp.join("server.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-    )
-    .map_err(|e| e.to_string())?;
-    openssl(&[
-        "req",
-        "-new",
-        "-x509",
-        "-days",
-        "2",
-        "-nodes",
-        "-subj",
-        "/CN=spillway-test-ca",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "root.crt",
-    ])?;
-    openssl(&[
-        "req",
-        "-new",
-        "-nodes",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ])?;
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "root.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "server.ext",
-        "-out",
-        "server.crt",
-    ])?;
+    pki::TestPki::create(tmp)?;
     for f in ["server.key", "server.crt"] {
         std::fs::copy(tmp.join(f), data.join(f)).map_err(|e| e.to_string())?;
     }

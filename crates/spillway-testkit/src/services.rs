@@ -203,6 +203,11 @@ impl Service {
         }
     }
 
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the process at once (SIGKILL).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -325,4 +330,123 @@ pub async fn read_jetstream(url: &str, stream: &str) -> KitResult<Vec<JetStreamM
         });
     }
     Ok(out)
+}
+
+/// A Kafka-protocol broker: `tansu broker` with in-memory storage (its
+/// data does not survive a restart: outages are simulated with
+/// [`Tansu::pause`] / [`Tansu::resume`], which keep it).
+pub struct Tansu {
+    /// The broker process.
+    pub service: Service,
+    /// The TLS terminator in front of it, for [`Tansu::start_tls`].
+    pub tls: Option<Service>,
+    /// The address clients bootstrap from (`127.0.0.1:<port>`).
+    pub bootstrap: String,
+    paused: bool,
+}
+
+fn tansu_bin() -> KitResult<PathBuf> {
+    find_tool("tansu", "SPILLWAY_TANSU", &[".tools/bin/tansu"])
+}
+
+impl Tansu {
+    /// Starts a broker on a free port.
+    pub fn start() -> KitResult<Tansu> {
+        let port = free_port();
+        let service = Tansu::broker(port, port)?;
+        Ok(Tansu {
+            service,
+            tls: None,
+            bootstrap: format!("127.0.0.1:{port}"),
+            paused: false,
+        })
+    }
+
+    /// Starts a broker reachable only through TLS with client-certificate
+    /// checking: `stunnel` on a free port, with `pki`'s server certificate,
+    /// accepts clients whose certificate the CA signed and forwards to the
+    /// broker, which advertises the stunnel port.
+    pub fn start_tls(pki: &crate::pki::TestPki) -> KitResult<Tansu> {
+        let plain = free_port();
+        let tls_port = free_port();
+        let service = Tansu::broker(plain, tls_port)?;
+        let dir = temp("spillway-stunnel-")?;
+        let conf = dir.path().join("stunnel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "foreground = yes\npid =\nsyslog = no\ndebug = 4\n[kafka]\naccept = 127.0.0.1:{tls_port}\nconnect = 127.0.0.1:{plain}\ncert = {}\nkey = {}\nCAfile = {}\nverifyChain = yes\nrequireCert = yes\n",
+                pki.server_cert.display(),
+                pki.server_key.display(),
+                pki.ca_cert.display()
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let stunnel = find_tool("stunnel4", "SPILLWAY_STUNNEL", &[])
+            .or_else(|_| find_tool("stunnel", "SPILLWAY_STUNNEL", &[]))
+            .map_err(|_| {
+                "stunnel not found (apt-get install stunnel4, or `make deps-services`)".to_string()
+            })?;
+        let tls = Service::start(
+            "stunnel",
+            stunnel,
+            vec![conf.display().to_string()],
+            Vec::new(),
+            tls_port,
+            Vec::new(),
+            dir,
+        )?;
+        Ok(Tansu {
+            service,
+            tls: Some(tls),
+            bootstrap: format!("127.0.0.1:{tls_port}"),
+            paused: false,
+        })
+    }
+
+    fn broker(port: u16, advertised: u16) -> KitResult<Service> {
+        let args = vec![
+            "broker".to_string(),
+            "--listener-url".into(),
+            format!("tcp://127.0.0.1:{port}"),
+            "--advertised-listener-url".into(),
+            format!("tcp://127.0.0.1:{advertised}"),
+            "--storage-engine".into(),
+            "memory://tansu/".into(),
+        ];
+        Service::start(
+            "tansu",
+            tansu_bin()?,
+            args,
+            vec![("RUST_LOG".into(), "warn".into())],
+            port,
+            Vec::new(),
+            temp("spillway-tansu-")?,
+        )
+    }
+
+    /// Freezes the broker (SIGSTOP): connections stay open but nothing is
+    /// answered, like a broker that hangs or a network partition.
+    pub fn pause(&mut self) {
+        if let Some(pid) = self.service.pid() {
+            send_signal(pid, "STOP");
+            self.paused = true;
+        }
+    }
+
+    /// Resumes a paused broker (SIGCONT).
+    pub fn resume(&mut self) {
+        if let Some(pid) = self.service.pid() {
+            send_signal(pid, "CONT");
+            self.paused = false;
+        }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        if self.paused {
+            self.resume();
+        }
+    }
 }
