@@ -61,7 +61,7 @@ struct RawConfig {
 }
 
 /// Sink types known so far.
-const SINK_TYPES: &[&str] = &["file", "webhook", "nats"];
+const SINK_TYPES: &[&str] = &["file", "webhook", "nats", "kafka"];
 
 /// One `[[sinks]]` entry, validated.
 #[derive(Debug, Clone)]
@@ -81,6 +81,8 @@ pub enum SinkKind {
     Webhook(spillway_sinks::webhook::WebhookSinkConfig),
     /// NATS JetStream.
     Nats(Box<spillway_sink_nats::NatsSinkConfig>),
+    /// Kafka topics.
+    Kafka(Box<spillway_sink_kafka::KafkaSinkConfig>),
 }
 
 impl SinkKind {
@@ -90,6 +92,7 @@ impl SinkKind {
             SinkKind::File(_) => "file",
             SinkKind::Webhook(_) => "webhook",
             SinkKind::Nats(_) => "nats",
+            SinkKind::Kafka(_) => "kafka",
         }
     }
 }
@@ -255,6 +258,14 @@ fn validate_sink(i: usize, mut t: toml::Table) -> Result<SinkConfig, ConfigError
             spillway_sink_nats::NatsSink::new(&cfg, &settings.encoder_options.prefix, "db")
                 .map_err(|e| err(format!("sinks[{i}]: {e}")))?;
             SinkKind::Nats(Box::new(cfg))
+        }
+        "kafka" => {
+            let cfg: spillway_sink_kafka::KafkaSinkConfig =
+                deserialize_at(toml::Value::Table(t), &format!("sinks[{i}]"))?;
+            // Checks the settings, topic templates and librdkafka properties.
+            spillway_sink_kafka::KafkaSink::new(&cfg, &settings.encoder_options.prefix, "db")
+                .map_err(|e| err(format!("sinks[{i}]: {e}")))?;
+            SinkKind::Kafka(Box::new(cfg))
         }
         other => {
             return Err(err(format!(
@@ -1138,5 +1149,39 @@ listen = "127.0.0.1:7654"
             e.to_string().contains("sinks[0]") && e.to_string().contains("{tbl}"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn kafka_sink_with_options() {
+        let base = "[source]\ndsn = \"postgres://u@h/db\"\n";
+        let c = Config::from_parts(Some(("f", &format!("{base}[[sinks]]\nname = \"k\"\ntype = \"kafka\"\nbrokers = \"127.0.0.1:9092\"\nformat = \"debezium\"\ntopic_mapping = {{ trades = \"transactions\" }}\n[sinks.options]\n\"linger.ms\" = 20\n\"socket.keepalive.enable\" = true\n"))), &[]).unwrap();
+        let SinkKind::Kafka(k) = &c.sinks[0].kind else {
+            panic!("not a kafka sink")
+        };
+        assert_eq!(k.topic, "{prefix}.{schema}.{table}");
+        assert_eq!(k.options["linger.ms"], "20");
+        assert_eq!(k.options["socket.keepalive.enable"], "true");
+        for (extra, want) in [
+            ("brokers = \"h\"\n", "host:port"),
+            (
+                "brokers = \"h:1\"\n[sinks.options]\n\"bogus.prop\" = 1\n",
+                "bogus.prop",
+            ),
+            (
+                "brokers = \"h:1\"\npartitions = \"x\"\n",
+                "sinks[0].partitions",
+            ),
+        ] {
+            let e = Config::from_parts(
+                Some((
+                    "f",
+                    &format!("{base}[[sinks]]\nname = \"k\"\ntype = \"kafka\"\n{extra}"),
+                )),
+                &[],
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(want) && !e.contains('\n'), "{e}");
+        }
     }
 }

@@ -198,6 +198,12 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
                 &config.source.connect.dbname,
             )
             .map(|s| Box::new(s) as Box<dyn spillway_sinks::DynSink>),
+            config::SinkKind::Kafka(k) => spillway_sink_kafka::KafkaSink::new(
+                k,
+                &sink.settings.encoder_options.prefix,
+                &config.source.connect.dbname,
+            )
+            .map(|s| Box::new(s) as Box<dyn spillway_sinks::DynSink>),
         }
         .map_err(|e| RunError::Sink {
             name: sink.settings.name.clone(),

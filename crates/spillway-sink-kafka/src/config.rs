@@ -69,9 +69,37 @@ pub struct KafkaSinkConfig {
     /// SASL password.
     #[serde(default)]
     pub sasl_password: Option<String>,
-    /// Any librdkafka producer property (`linger.ms`, `batch.size`, …).
-    #[serde(default)]
+    /// Any librdkafka producer property (`linger.ms`, `batch.size`, …);
+    /// values may be strings, numbers or booleans.
+    #[serde(default, deserialize_with = "scalar_map")]
     pub options: BTreeMap<String, String>,
+}
+
+/// A map whose values are strings, numbers or booleans, kept as text.
+fn scalar_map<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        S(String),
+        I(i64),
+        F(f64),
+        B(bool),
+    }
+    let raw: BTreeMap<String, Scalar> = BTreeMap::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Scalar::S(s) => s,
+                Scalar::I(i) => i.to_string(),
+                Scalar::F(f) => f.to_string(),
+                Scalar::B(b) => b.to_string(),
+            };
+            (k, v)
+        })
+        .collect())
 }
 
 fn default_topic() -> String {

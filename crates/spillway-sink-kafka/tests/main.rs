@@ -223,3 +223,53 @@ async fn a_record_over_the_size_limit_is_fatal() {
     assert!(matches!(err, SinkError::Fatal(_)), "{err:?}");
 }
 
+/// Reference 000's connection: TLS with a PKCS#12 keystore (client
+/// certificate) and a PKCS#12 truststore (cluster CA), through a TLS
+/// terminator that requires a client certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_pkcs12_keystore_and_truststore() {
+    let dir = tempfile_dir();
+    let pki = spillway_testkit::pki::TestPki::create(&dir).expect("pki");
+    let broker = Tansu::start_tls(&pki).expect("tansu behind stunnel");
+    let mut cfg = config(&broker.bootstrap);
+    cfg.security_protocol = "ssl".into();
+    cfg.ssl_keystore_location = Some(pki.client_keystore("user-pass").expect("keystore"));
+    cfg.ssl_keystore_password = Some("user-pass".into());
+    cfg.ssl_truststore_location = Some(pki.ca_truststore("ca-pass").expect("truststore"));
+    cfg.ssl_truststore_password = Some("ca-pass".into());
+    let mut sink = KafkaSink::new(&cfg, "spillway", "shop").expect("sink");
+    let batch: Vec<SinkRecord> = (1..=5)
+        .map(|l| record(l, Some("public.t"), Some(r#"{"id":1}"#)))
+        .collect();
+    sink.deliver(&batch).await.expect("delivered over TLS");
+    let msgs = tokio::task::block_in_place(|| read(&cfg, "spillway."));
+    assert_eq!(msgs.len(), 5);
+
+    // Without the client certificate the terminator refuses the handshake.
+    let mut no_cert = cfg.clone();
+    no_cert.ssl_keystore_location = None;
+    no_cert.ssl_keystore_password = None;
+    no_cert.delivery_timeout_ms = 1000;
+    let mut sink = KafkaSink::new(&no_cert, "spillway", "shop").expect("sink");
+    let err = sink
+        .deliver(&batch[..1])
+        .await
+        .expect_err("refused without a client certificate");
+    assert!(matches!(err, SinkError::Transient(_)), "{err:?}");
+
+    // A wrong truststore password is a one-line configuration error.
+    let mut bad = cfg.clone();
+    bad.ssl_truststore_password = Some("nope".into());
+    let e = KafkaSink::new(&bad, "spillway", "shop")
+        .expect_err("bad password")
+        .to_string();
+    assert!(
+        e.contains("ssl_truststore_password") && !e.contains('\n'),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    spillway_sinks::conformance::temp_dir("spillway-kafka-tls")
+}

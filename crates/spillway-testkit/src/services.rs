@@ -6,7 +6,7 @@
 //! Binaries are found, in order, from an environment variable
 //! (`SPILLWAY_NATS_SERVER`, `SPILLWAY_TANSU`, `SPILLWAY_S3S_FS`), the
 //! workspace's `.tools/` (what `make deps-services` installs), the cache
-//! `~/.cache/spillway/tools/bin` (slow `cargo install` builds are kept
+//! (`$SPILLWAY_TOOL_CACHE/bin`, default `~/.cache/spillway/tools/bin`) (slow `cargo install` builds are kept
 //! there across clones), and `PATH`. A missing binary fails the test with the
 //! make target that installs it.
 
