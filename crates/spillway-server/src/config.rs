@@ -61,7 +61,7 @@ struct RawConfig {
 }
 
 /// Sink types known so far.
-const SINK_TYPES: &[&str] = &["file", "webhook", "nats", "kafka"];
+const SINK_TYPES: &[&str] = &["file", "webhook", "nats", "kafka", "s3"];
 
 /// One `[[sinks]]` entry, validated.
 #[derive(Debug, Clone)]
@@ -83,6 +83,8 @@ pub enum SinkKind {
     Nats(Box<spillway_sink_nats::NatsSinkConfig>),
     /// Kafka topics.
     Kafka(Box<spillway_sink_kafka::KafkaSinkConfig>),
+    /// JSON-lines objects in S3-compatible storage (or a directory).
+    S3(Box<spillway_sink_s3::S3SinkConfig>),
 }
 
 impl SinkKind {
@@ -93,6 +95,7 @@ impl SinkKind {
             SinkKind::Webhook(_) => "webhook",
             SinkKind::Nats(_) => "nats",
             SinkKind::Kafka(_) => "kafka",
+            SinkKind::S3(_) => "s3",
         }
     }
 }
@@ -206,6 +209,7 @@ fn validate_sink(i: usize, mut t: toml::Table) -> Result<SinkConfig, ConfigError
         }
         settings.operations = Some(ops);
     }
+    let batching_set = t.contains_key("batch_size") || t.contains_key("batch_timeout_ms");
     if let Some(v) = t.remove("batch_size") {
         settings.batch_size = v
             .as_integer()
@@ -266,6 +270,30 @@ fn validate_sink(i: usize, mut t: toml::Table) -> Result<SinkConfig, ConfigError
             spillway_sink_kafka::KafkaSink::new(&cfg, &settings.encoder_options.prefix, "db")
                 .map_err(|e| err(format!("sinks[{i}]: {e}")))?;
             SinkKind::Kafka(Box::new(cfg))
+        }
+        "s3" => {
+            if batching_set {
+                return Err(err(format!(
+                    "sinks[{i}]: an s3 sink cuts objects with max_object_events, max_object_bytes and max_object_age_ms; remove batch_size / batch_timeout_ms"
+                )));
+            }
+            for key in ["max_object_bytes"] {
+                if let Some(toml::Value::String(size)) = t.get(key).cloned() {
+                    let n = parse_size(&size).ok_or_else(|| {
+                        err(format!(
+                            "{} = `{size}` is not a size; write e.g. \"64MiB\"",
+                            at(key)
+                        ))
+                    })?;
+                    t.insert(key.into(), toml::Value::Integer(n as i64));
+                }
+            }
+            let cfg: spillway_sink_s3::S3SinkConfig =
+                deserialize_at(toml::Value::Table(t), &format!("sinks[{i}]"))?;
+            cfg.validate()
+                .map_err(|e| err(format!("sinks[{i}]: {e}")))?;
+            cfg.apply(&mut settings);
+            SinkKind::S3(Box::new(cfg))
         }
         other => {
             return Err(err(format!(
@@ -1176,6 +1204,39 @@ listen = "127.0.0.1:7654"
                 Some((
                     "f",
                     &format!("{base}[[sinks]]\nname = \"k\"\ntype = \"kafka\"\n{extra}"),
+                )),
+                &[],
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(want) && !e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn s3_sink_sets_object_batching() {
+        let base = "[source]\ndsn = \"postgres://u@h/db\"\n";
+        let c = Config::from_parts(Some(("f", &format!("{base}[[sinks]]\nname = \"lake\"\ntype = \"s3\"\nurl = \"s3://lake/cdc\"\nendpoint = \"http://127.0.0.1:9000\"\ngzip = true\nmax_object_bytes = \"1MiB\"\nmax_object_age_ms = 5000\n"))), &[]).unwrap();
+        let SinkKind::S3(s3) = &c.sinks[0].kind else {
+            panic!("not an s3 sink")
+        };
+        assert!(s3.gzip);
+        let st = &c.sinks[0].settings;
+        assert_eq!(st.max_batch_bytes, 1 << 20);
+        assert_eq!(st.batch_timeout, std::time::Duration::from_secs(5));
+        assert!(st.whole_transactions);
+        for (extra, want) in [
+            ("url = \"s3://lake\"\nbatch_size = 5\n", "max_object_events"),
+            ("url = \"ftp://x\"\n", "s3://"),
+            (
+                "url = \"s3://lake\"\nmax_object_bytes = \"lots\"\n",
+                "sinks[0].max_object_bytes",
+            ),
+        ] {
+            let e = Config::from_parts(
+                Some((
+                    "f",
+                    &format!("{base}[[sinks]]\nname = \"l\"\ntype = \"s3\"\n{extra}"),
                 )),
                 &[],
             )

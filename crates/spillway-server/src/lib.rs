@@ -198,6 +198,8 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
                 &config.source.connect.dbname,
             )
             .map(|s| Box::new(s) as Box<dyn spillway_sinks::DynSink>),
+            config::SinkKind::S3(c) => spillway_sink_s3::S3Sink::new(c)
+                .map(|s| Box::new(s) as Box<dyn spillway_sinks::DynSink>),
             config::SinkKind::Kafka(k) => spillway_sink_kafka::KafkaSink::new(
                 k,
                 &sink.settings.encoder_options.prefix,

@@ -19,6 +19,17 @@ pub(crate) struct EventHead {
     /// `insert`, `update`, `delete`, `truncate`, `read` (change events).
     #[serde(default)]
     pub(crate) operation: Option<String>,
+    /// The transaction (change events).
+    #[serde(default)]
+    pub(crate) tx: Option<TxHead>,
+}
+
+/// The transaction of an event.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct TxHead {
+    /// Commit lsn text: the same for every event of one transaction.
+    #[serde(default)]
+    pub(crate) commit_lsn: Option<String>,
 }
 
 impl EventHead {

@@ -148,6 +148,13 @@ pub struct SinkSettings {
     pub format: Format,
     /// Options of the encoder (`{prefix}`, Debezium's payload time).
     pub encoder_options: EncoderOptions,
+    /// A batch is also full once its encoded records reach this many bytes.
+    pub max_batch_bytes: usize,
+    /// Cut batches only between transactions where possible: when a batch
+    /// is delivered while the log holds more, the records of its last,
+    /// possibly unfinished transaction wait for the next batch (unless the
+    /// batch is that one transaction alone, which is then split).
+    pub whole_transactions: bool,
 }
 
 impl SinkSettings {
@@ -165,6 +172,8 @@ impl SinkSettings {
             retry_max: Duration::from_secs(30),
             format: Format::Native,
             encoder_options: EncoderOptions::default(),
+            max_batch_bytes: 64 << 20,
+            whole_transactions: false,
         }
     }
 
@@ -346,6 +355,12 @@ pub async fn run_sink<S: Sink>(
 #[derive(Default)]
 struct Pending {
     records: Vec<SinkRecord>,
+    /// The transaction (commit lsn text) of each record in `records`.
+    txs: Vec<Option<String>>,
+    /// Encoded bytes in `records`.
+    bytes: usize,
+    /// The transaction of the last record read (delivered or not).
+    last_tx: Option<String>,
     /// Last lsn read (delivered or filtered out); the checkpoint target.
     last_lsn: Option<u64>,
     /// Timestamp of the record at `last_lsn`.
@@ -462,6 +477,7 @@ impl Runner<'_> {
                         self.push(&mut pending, rec)?;
                     }
                     let full = pending.records.len() >= self.settings.batch_size
+                        || pending.bytes >= self.settings.max_batch_bytes
                         || pending.scanned >= self.settings.batch_size.saturating_mul(8);
                     let due = pending.deadline.is_some_and(|d| d <= Instant::now());
                     if (full || due) && !self.flush(sink, &mut pending, shutdown).await? {
@@ -597,6 +613,7 @@ impl Runner<'_> {
                 rec.lsn
             ))
         })?;
+        pending.last_tx = head.tx.as_ref().and_then(|t| t.commit_lsn.clone());
         let accepted = self.filter.accepts(&head);
         // The encoder learns table columns from schema_change events: feed
         // it every one, delivered or not.
@@ -613,6 +630,8 @@ impl Runner<'_> {
         let Some(encoded) = encoded.filter(|_| accepted) else {
             return Ok(());
         };
+        pending.bytes += encoded.value.as_ref().map_or(0, Vec::len);
+        pending.txs.push(pending.last_tx.clone());
         pending.records.push(SinkRecord {
             lsn: rec.lsn,
             id: encoded.id,
@@ -678,9 +697,36 @@ impl Runner<'_> {
         pending: &mut Pending,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<bool, SinkError> {
-        let Some(last_lsn) = pending.last_lsn else {
+        let Some(mut last_lsn) = pending.last_lsn else {
             return Ok(true);
         };
+        // Whole transactions: hold back the last transaction's records when
+        // it may go on past what was read.
+        let mut carry: Option<Pending> = None;
+        if self.settings.whole_transactions && last_lsn < self.log.committed_lsn() {
+            let open = pending.last_tx.clone();
+            let cut = pending
+                .txs
+                .iter()
+                .rposition(|t| *t != open)
+                .map_or(0, |i| i + 1);
+            if cut > 0 && cut < pending.records.len() {
+                let records = pending.records.split_off(cut);
+                let txs = pending.txs.split_off(cut);
+                last_lsn = records[0].lsn - 1;
+                pending.last_timestamp_us = pending.records[cut - 1].timestamp_us;
+                carry = Some(Pending {
+                    bytes: records.iter().map(|r| r.value.len()).sum(),
+                    scanned: records.len(),
+                    records,
+                    txs,
+                    last_tx: open,
+                    last_lsn: pending.last_lsn,
+                    last_timestamp_us: 0,
+                    deadline: Some(Instant::now() + self.settings.batch_timeout),
+                });
+            }
+        }
         if !pending.records.is_empty() {
             let mut delay = self.settings.retry_initial;
             loop {
@@ -727,7 +773,7 @@ impl Runner<'_> {
                 .checkpoint_timestamp_us
                 .store(pending.last_timestamp_us, Ordering::Relaxed);
         }
-        *pending = Pending::default();
+        *pending = carry.unwrap_or_default();
         Ok(true)
     }
 

@@ -486,3 +486,73 @@ async fn a_format_without_requery_required_stops_instead_of_skipping() {
         "the checkpoint never jumps the gap"
     );
 }
+
+/// Records every delivered batch's lsns.
+struct Batches(Arc<Mutex<Vec<Vec<u64>>>>);
+
+impl Sink for Batches {
+    fn kind(&self) -> &'static str {
+        "batches"
+    }
+    async fn deliver(&mut self, batch: &[SinkRecord]) -> Result<(), SinkError> {
+        self.0
+            .lock()
+            .expect("lock")
+            .push(batch.iter().map(|r| r.lsn).collect());
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_transactions_cut_batches_between_transactions() {
+    let mut t = TestLog::new();
+    // Transactions of three events (the test log's shape), 30 events.
+    t.append_changes(30).await;
+    let tx_of: std::collections::HashMap<u64, String> = t
+        .appended
+        .iter()
+        .map(|a| {
+            (
+                a.lsn,
+                a.event["tx"]["commit_lsn"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let mut settings = conformance::test_settings("tx");
+    settings.batch_size = 4;
+    settings.whole_transactions = true;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let run = Running::start(&t.log, settings, Batches(seen.clone()));
+    let committed = t.log.committed_lsn();
+    wait_until("caught up", || run.status.checkpoint_lsn() == committed).await;
+    run.stop().await.expect("stop");
+    let batches = seen.lock().expect("lock").clone();
+    let all: Vec<u64> = batches.iter().flatten().copied().collect();
+    assert_eq!(
+        all,
+        (1..=30).collect::<Vec<_>>(),
+        "everything, in order, once"
+    );
+    for b in &batches {
+        let first = &tx_of[&b[0]];
+        let last = &tx_of[&b[b.len() - 1]];
+        // No transaction is split across batches: the batch's first record
+        // starts its transaction and its last record ends one.
+        assert!(
+            b[0] == 1 || tx_of[&(b[0] - 1)] != *first,
+            "batch {b:?} starts mid-transaction"
+        );
+        let end = b[b.len() - 1];
+        assert!(
+            end == 30 || tx_of[&(end + 1)] != *last,
+            "batch {b:?} ends mid-transaction"
+        );
+    }
+    assert!(
+        batches.len() >= 10,
+        "batches of at most 4 hold one transaction each: {batches:?}"
+    );
+}

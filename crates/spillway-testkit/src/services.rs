@@ -450,3 +450,51 @@ impl Drop for Tansu {
         }
     }
 }
+
+/// An S3-compatible server (`s3s-fs`, which checks request signatures)
+/// storing into its temporary directory; a bucket is a directory there.
+pub struct S3Server {
+    /// The process.
+    pub service: Service,
+    /// Access key id clients must sign with.
+    pub access_key: String,
+    /// Secret key clients must sign with.
+    pub secret_key: String,
+}
+
+impl S3Server {
+    /// Starts `s3s-fs` on a free port with the bucket `bucket`.
+    pub fn start(bucket: &str) -> KitResult<S3Server> {
+        let bin = find_tool("s3s-fs", "SPILLWAY_S3S_FS", &[".tools/bin/s3s-fs"])?;
+        let port = free_port();
+        let dir = temp("spillway-s3-")?;
+        std::fs::create_dir_all(dir.path().join("data").join(bucket))
+            .map_err(|e| format!("create bucket directory: {e}"))?;
+        let (access_key, secret_key) = (
+            "spillway-test".to_string(),
+            "spillway-test-secret".to_string(),
+        );
+        let args = vec![
+            "--host".to_string(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            port.to_string(),
+            "--access-key".into(),
+            access_key.clone(),
+            "--secret-key".into(),
+            secret_key.clone(),
+            "{dir}/data".into(),
+        ];
+        let service = Service::start("s3s-fs", bin, args, Vec::new(), port, Vec::new(), dir)?;
+        Ok(S3Server {
+            service,
+            access_key,
+            secret_key,
+        })
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.service.port)
+    }
+}
