@@ -11,6 +11,8 @@
 //!    confirmed), and its peak RSS is read from /proc.
 //! 4. Prints both rates, their ratio (goal ≥ 0.9) and the medians over the runs.
 
+mod sinks;
+
 use clap::Parser;
 use spillway_testkit::{PgCluster, PgOptions};
 use std::path::PathBuf;
@@ -41,6 +43,9 @@ struct Args {
     /// Length of the latency measurement.
     #[arg(long, default_value_t = 10)]
     latency_secs: u64,
+    /// Skip the sink measurements (NATS, Kafka).
+    #[arg(long)]
+    no_sinks: bool,
     /// The spillway binary (default: next to this one).
     #[arg(long)]
     spillway: Option<PathBuf>,
@@ -121,6 +126,9 @@ async fn bench(args: Args) -> Result<(), String> {
     .await?;
     for i in 0..args.runs {
         sql(&pg, &format!("SELECT pg_create_logical_replication_slot('recv_{i}', 'pgoutput'); SELECT pg_create_logical_replication_slot('spill_{i}', 'pgoutput');")).await?;
+    }
+    if !args.no_sinks {
+        sql(&pg, "SELECT pg_create_logical_replication_slot('sink_nats', 'pgoutput'); SELECT pg_create_logical_replication_slot('sink_kafka', 'pgoutput');").await?;
     }
     println!(
         "loading: {} inserts, {} updates, {} deletes in {}-row transactions (PostgreSQL {version})",
@@ -256,6 +264,10 @@ async fn bench(args: Args) -> Result<(), String> {
         "median: pg_recvlogical {:.0} changes/s, spillway {:.0} changes/s, ratio {:.2} (goal >= 0.90), peak RSS {:.1} MiB",
         median(&mut recv_rates), median(&mut spill_rates), median(&mut ratios), median(&mut rss)
     );
+    if !args.no_sinks {
+        // The log holds one schema_change before the table's first change.
+        sinks::bench_sinks(&spillway, dir.path(), &dsn, changes, changes + 1).await?;
+    }
     Ok(())
 }
 
