@@ -258,3 +258,42 @@ async fn a_wrong_token_is_fatal() {
         .expect("accepted with the token");
     server.service.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_client_certificate() {
+    let dir = conformance::temp_dir("spillway-nats-tls");
+    let pki = spillway_testkit::pki::TestPki::create(&dir).expect("pki");
+    let path = |p: &std::path::Path| p.display().to_string();
+    let server = NatsServer::start_with_args(&[
+        "--tls",
+        "--tlscert",
+        &path(&pki.server_cert),
+        "--tlskey",
+        &path(&pki.server_key),
+        "--tlscacert",
+        &path(&pki.ca_cert),
+        "--tlsverify",
+    ])
+    .expect("nats-server with TLS");
+    let mut cfg = config(&server.url());
+    cfg.tls = true;
+    cfg.tls_ca = Some(pki.ca_cert.clone());
+    cfg.tls_cert = Some(pki.client_cert.clone());
+    cfg.tls_key = Some(pki.client_key.clone());
+    let mut sink = NatsSink::new(&cfg, "spillway", "shop").expect("sink");
+    sink.deliver(&[record(1, Some("public.a")), record(2, Some("public.a"))])
+        .await
+        .expect("delivered over TLS with a client certificate");
+    sink.close().await.expect("close");
+
+    // Without the client certificate the server refuses the connection.
+    cfg.tls_cert = None;
+    cfg.tls_key = None;
+    let mut sink = NatsSink::new(&cfg, "spillway", "shop").expect("sink");
+    let err = sink
+        .deliver(&[record(3, Some("public.a"))])
+        .await
+        .expect_err("refused without a client certificate");
+    assert!(!err.to_string().contains('\n'), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
