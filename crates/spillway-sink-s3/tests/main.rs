@@ -225,3 +225,21 @@ async fn wrong_credentials_are_fatal_and_a_stopped_server_is_retried() {
     wait_until("delivered", || run.status.checkpoint_lsn() == committed).await;
     run.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_from_the_aws_environment_variables() {
+    let server = S3Server::start("lake").expect("s3s-fs");
+    // nextest runs each test in its own process: the variables stay here.
+    std::env::set_var("AWS_ACCESS_KEY_ID", &server.access_key);
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", &server.secret_key);
+    std::env::set_var("AWS_REGION", "eu-west-1");
+    let mut cfg = S3SinkConfig::new("s3://lake/env");
+    cfg.endpoint = Some(server.endpoint());
+    let mut sink = S3Sink::new(&cfg).expect("sink");
+    sink.deliver(&[record(1, "a.b")])
+        .await
+        .expect("signed with the environment's keys");
+    let objects = sink.read_all().await.expect("read");
+    assert_eq!(objects.len(), 1);
+    assert!(objects[0].0.starts_with("a/b/date="), "{}", objects[0].0);
+}
