@@ -8,6 +8,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutOptions, PutPayload};
+use spillway_core::encoding::utc_date;
 use spillway_sinks::{Sink, SinkError, SinkRecord};
 
 use crate::config::{Location, S3SinkConfig};
@@ -60,22 +61,6 @@ fn segment(s: &str) -> String {
     s.chars()
         .map(|c| if c == '/' || c.is_control() { '_' } else { c })
         .collect()
-}
-
-/// `YYYY-MM-DD` (UTC) of a timestamp in µs since the epoch.
-fn utc_date(timestamp_us: i64) -> String {
-    let days = timestamp_us.div_euclid(86_400_000_000);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
 }
 
 /// The object name (relative to the URL's prefix) for records of `entity`

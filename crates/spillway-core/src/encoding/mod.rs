@@ -46,6 +46,7 @@ pub mod flat;
 mod json;
 mod native;
 mod time;
+pub use time::utc_date;
 pub mod uuid;
 
 use std::fmt;

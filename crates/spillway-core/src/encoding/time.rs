@@ -62,6 +62,13 @@ pub(crate) fn days_from_civil(d: Date) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// The UTC calendar date (`YYYY-MM-DD`) of a time in µs since the Unix
+/// epoch (for date-partitioned paths).
+pub fn utc_date(timestamp_us: i64) -> String {
+    let d = civil_from_days(timestamp_us.div_euclid(86_400_000_000));
+    format!("{:04}-{:02}-{:02}", d.year, d.month, d.day)
+}
+
 /// Inverse of [`days_from_civil`].
 pub(crate) fn civil_from_days(z: i64) -> Date {
     let z = z + 719_468;

@@ -705,6 +705,35 @@ pub(crate) async fn wait_confirmed_caught_up(pg: &PgCluster) {
     }
 }
 
+/// A write load on its own connection: `sql(next)` for `next` = 1,
+/// 1 + `step`, … with `pause` between statements, until the sender is told
+/// `true`; the task returns the last id written.
+pub(crate) fn write_load(
+    pg: &PgCluster,
+    step: i64,
+    pause: Duration,
+    sql: impl Fn(i64) -> String + Send + 'static,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<i64>,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let writer_pg = pg.connect_config("shop");
+    let load = tokio::spawn(async move {
+        let mut conn = spillway_postgres::PgConnection::connect(&writer_pg, false)
+            .await
+            .unwrap();
+        let mut next = 1i64;
+        while !*stop_rx.borrow() {
+            conn.simple_query(&sql(next)).await.unwrap();
+            next += step;
+            tokio::time::sleep(pause).await;
+        }
+        next - 1
+    });
+    (stop_tx, load)
+}
+
 pub(crate) fn ids_of(events: &[Value], table: &str) -> Vec<i64> {
     events
         .iter()
@@ -755,22 +784,11 @@ async fn kill_9_during_write_load_loses_nothing() {
     std::fs::write(&cfg, config_text(&pg, &log_dir, "")).unwrap();
     let p = Proc::start(&cfg, dir.path());
     wait_streaming(&pg).await;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let writer_pg = pg.connect_config("shop");
-    let load = tokio::spawn(async move {
-        let mut conn = spillway_postgres::PgConnection::connect(&writer_pg, false)
-            .await
-            .unwrap();
-        let mut next = 1i64;
-        while !*stop_rx.borrow() {
-            let sql = format!(
-                "INSERT INTO t SELECT g, repeat('p', 100) FROM generate_series({next}, {}) g",
-                next + 49
-            );
-            conn.simple_query(&sql).await.unwrap();
-            next += 50;
-        }
-        next - 1
+    let (stop_tx, load) = write_load(&pg, 50, Duration::ZERO, |next| {
+        format!(
+            "INSERT INTO t SELECT g, repeat('p', 100) FROM generate_series({next}, {}) g",
+            next + 49
+        )
     });
     // let the load run until spillway has confirmed a good part of it, then kill it hard
     let deadline = Instant::now() + WAIT;

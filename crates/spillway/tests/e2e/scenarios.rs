@@ -201,23 +201,11 @@ async fn outages_and_kill_9_under_write_load_lose_nothing_in_any_sink() {
     .unwrap();
     let mut p = Proc::start(&cfg, dir.path());
     wait_slot_active(&pg, "spillway", &mut p).await;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let writer_pg = pg.connect_config("shop");
-    let load = tokio::spawn(async move {
-        let mut conn = spillway_postgres::PgConnection::connect(&writer_pg, false)
-            .await
-            .unwrap();
-        let mut next = 1i64;
-        while !*stop_rx.borrow() {
-            let sql = format!(
-                "INSERT INTO t SELECT g, 'p' FROM generate_series({next}, {}) g; UPDATE t SET pad = 'q' WHERE id = {next}",
-                next + 19
-            );
-            conn.simple_query(&sql).await.unwrap();
-            next += 20;
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        next - 1
+    let (stop_tx, load) = crate::pg::write_load(&pg, 20, Duration::from_millis(2), |next| {
+        format!(
+            "INSERT INTO t SELECT g, 'p' FROM generate_series({next}, {}) g; UPDATE t SET pad = 'q' WHERE id = {next}",
+            next + 19
+        )
     });
     let url = nats.url();
     let changes = |m: &[JetStreamMessage]| m.iter().filter(|m| body(m)["type"] == "change").count();
