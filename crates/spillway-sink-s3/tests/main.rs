@@ -127,23 +127,19 @@ fn record(lsn: u64, entity: &str) -> SinkRecord {
     }
 }
 
+/// Records 1..=n, even lsns in commerce.users, odd ones in commerce.products.
+fn alternating(n: u64) -> Vec<SinkRecord> {
+    (1..=n)
+        .map(|l| record(l, ["commerce.users", "commerce.products"][(l % 2) as usize]))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_rewrites_the_same_objects() {
     let server = S3Server::start("lake").expect("s3s-fs");
     let cfg = config(&server, "s3://lake/p");
     let mut sink = S3Sink::new(&cfg).expect("sink");
-    let a: Vec<SinkRecord> = (1..=6)
-        .map(|l| {
-            record(
-                l,
-                if l % 2 == 0 {
-                    "commerce.users"
-                } else {
-                    "commerce.products"
-                },
-            )
-        })
-        .collect();
+    let a = alternating(6);
     sink.deliver(&a).await.expect("first");
     let before: Vec<String> = sink
         .read_all()
@@ -163,18 +159,7 @@ async fn a_replay_rewrites_the_same_objects() {
     // original batch had been cut by age): same names for what was
     // written, new objects only for the rest.
     let mut again = S3Sink::new(&cfg).expect("sink");
-    let b: Vec<SinkRecord> = (1..=9)
-        .map(|l| {
-            record(
-                l,
-                if l % 2 == 0 {
-                    "commerce.users"
-                } else {
-                    "commerce.products"
-                },
-            )
-        })
-        .collect();
+    let b = alternating(9);
     again.deliver(&b).await.expect("replay");
     let objects = again.read_all().await.expect("read");
     let names: Vec<&str> = objects.iter().map(|(n, _)| n.as_str()).collect();
