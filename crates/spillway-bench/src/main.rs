@@ -113,10 +113,10 @@ async fn bench(args: Args) -> Result<(), String> {
             PathBuf::from("pg_recvlogical")
         }
     };
-    let version = scalar(&pg, "SHOW server_version").await.unwrap_or_default();
     pg.create_database("bench")
         .await
         .map_err(|e| e.to_string())?;
+    let version = scalar(&pg, "SHOW server_version").await?;
     sql(
         &pg,
         "CREATE TABLE public.holding (holding_id int PRIMARY KEY, user_id int, holding_stock varchar(8), \
