@@ -28,8 +28,13 @@
 //! 2. **Batches.** The runtime reads committed records in log order, drops
 //!    the ones the filters reject, encodes the rest and hands them to
 //!    [`Sink::deliver`] in batches of at most
-//!    [`batch_size`](SinkSettings::batch_size) records, cut early after
+//!    [`batch_size`](SinkSettings::batch_size) records (or
+//!    [`max_batch_bytes`](SinkSettings::max_batch_bytes)), cut early after
 //!    [`batch_timeout`](SinkSettings::batch_timeout) when the log is quiet.
+//!    With [`whole_transactions`](SinkSettings::whole_transactions) (the
+//!    `s3` sink) a batch cut while the log holds more leaves the records of
+//!    its last, possibly unfinished transaction for the next batch, unless
+//!    that transaction alone fills the batch.
 //! 3. **`Ok` means durable.** `deliver(batch)` returns `Ok` only once the
 //!    destination has acknowledged every record of the batch durably (the
 //!    file is fsynced, the broker acked, the object is written). Only then
