@@ -525,6 +525,7 @@ impl Runner<'_> {
                         "the sink's position was trimmed by retention; delivering requery_required and continuing at the oldest retained lsn"
                     );
                     pending.records.push(rec);
+                    pending.txs.push(None);
                     pending.last_lsn = Some(oldest - 1);
                     if !self.flush(sink, &mut pending, shutdown).await? {
                         break;
