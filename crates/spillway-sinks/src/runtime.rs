@@ -698,40 +698,32 @@ impl Runner<'_> {
         pending: &mut Pending,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<bool, SinkError> {
-        let Some(mut last_lsn) = pending.last_lsn else {
+        let Some(last_lsn) = pending.last_lsn else {
             return Ok(true);
         };
         // Whole transactions: hold back the last transaction's records when
-        // it may go on past what was read.
-        let mut carry: Option<Pending> = None;
+        // it may go on past what was read. `pending` itself changes only
+        // after the delivery and the checkpoint succeeded, so a shutdown in
+        // between delivers (and checkpoints) all of it.
+        let mut cut = pending.records.len();
+        let mut target = last_lsn;
         if self.settings.whole_transactions && last_lsn < self.log.committed_lsn() {
-            let open = pending.last_tx.clone();
-            let cut = pending
+            let open = &pending.last_tx;
+            let c = pending
                 .txs
                 .iter()
-                .rposition(|t| *t != open)
+                .rposition(|t| t != open)
                 .map_or(0, |i| i + 1);
-            if cut > 0 && cut < pending.records.len() {
-                let records = pending.records.split_off(cut);
-                let txs = pending.txs.split_off(cut);
-                last_lsn = records[0].lsn - 1;
-                pending.last_timestamp_us = pending.records[cut - 1].timestamp_us;
-                carry = Some(Pending {
-                    bytes: records.iter().map(|r| r.value.len()).sum(),
-                    scanned: records.len(),
-                    records,
-                    txs,
-                    last_tx: open,
-                    last_lsn: pending.last_lsn,
-                    last_timestamp_us: 0,
-                    deadline: Some(Instant::now() + self.settings.batch_timeout),
-                });
+            if c > 0 && c < pending.records.len() {
+                cut = c;
+                target = pending.records[c].lsn - 1;
             }
         }
-        if !pending.records.is_empty() {
+        if cut > 0 {
+            let batch = &pending.records[..cut];
             let mut delay = self.settings.retry_initial;
             loop {
-                match sink.deliver(&pending.records).await {
+                match sink.deliver(batch).await {
                     Ok(()) => {
                         self.status.retrying.store(false, Ordering::Relaxed);
                         break;
@@ -755,11 +747,11 @@ impl Runner<'_> {
             }
             self.status
                 .delivered
-                .fetch_add(pending.records.len() as u64, Ordering::Relaxed);
+                .fetch_add(cut as u64, Ordering::Relaxed);
             self.status.batches.fetch_add(1, Ordering::Relaxed);
         }
         let mut delay = self.settings.retry_initial;
-        while let Err(msg) = self.store_checkpoint(last_lsn).await {
+        while let Err(msg) = self.store_checkpoint(target).await {
             // Delivered but not recorded: a retry of the checkpoint only.
             self.status.record_error(&msg);
             tracing::warn!(sink = %self.settings.name, error = %msg, "storing the sink checkpoint failed; retrying");
@@ -769,12 +761,26 @@ impl Runner<'_> {
             }
             delay = (delay * 2).min(self.settings.retry_max);
         }
-        if pending.last_timestamp_us != 0 {
+        let timestamp = if cut < pending.records.len() {
+            pending.records[cut - 1].timestamp_us
+        } else {
+            pending.last_timestamp_us
+        };
+        if timestamp != 0 {
             self.status
                 .checkpoint_timestamp_us
-                .store(pending.last_timestamp_us, Ordering::Relaxed);
+                .store(timestamp, Ordering::Relaxed);
         }
-        *pending = carry.unwrap_or_default();
+        if cut < pending.records.len() {
+            // The held-back transaction starts the next batch.
+            pending.records.drain(..cut);
+            pending.txs.drain(..cut);
+            pending.bytes = pending.records.iter().map(|r| r.value.len()).sum();
+            pending.scanned = pending.records.len();
+            pending.deadline = Some(Instant::now() + self.settings.batch_timeout);
+        } else {
+            *pending = Pending::default();
+        }
         Ok(true)
     }
 

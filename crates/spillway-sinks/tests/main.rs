@@ -556,3 +556,66 @@ async fn whole_transactions_cut_batches_between_transactions() {
         "batches of at most 4 hold one transaction each: {batches:?}"
     );
 }
+
+/// Fails while `down` is set; records what it accepted.
+struct Flaky {
+    down: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<Vec<u64>>>>,
+}
+
+impl Sink for Flaky {
+    fn kind(&self) -> &'static str {
+        "flaky"
+    }
+    async fn deliver(&mut self, batch: &[SinkRecord]) -> Result<(), SinkError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(SinkError::Transient("down".into()));
+        }
+        self.seen
+            .lock()
+            .expect("lock")
+            .push(batch.iter().map(|r| r.lsn).collect());
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_while_retrying_a_cut_batch_never_checkpoints_undelivered_records() {
+    for round in 0..5 {
+        let mut t = TestLog::new();
+        t.append_changes(30).await;
+        let mut settings = conformance::test_settings("flaky");
+        settings.batch_size = 4;
+        settings.whole_transactions = true;
+        let down = Arc::new(AtomicBool::new(true));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let run = Running::start(
+            &t.log,
+            settings,
+            Flaky {
+                down: down.clone(),
+                seen: seen.clone(),
+            },
+        );
+        wait_until("retrying", || run.status.retrying()).await;
+        // The destination comes back as the shutdown arrives: the runtime's
+        // last attempt may or may not succeed, but the checkpoint must never
+        // pass what was delivered.
+        down.store(false, Ordering::SeqCst);
+        run.stop().await.expect("stop");
+        let checkpoint = t.checkpoint("flaky");
+        let delivered: std::collections::BTreeSet<u64> = seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .flatten()
+            .copied()
+            .collect();
+        for lsn in 1..=checkpoint {
+            assert!(
+                delivered.contains(&lsn),
+                "round {round}: checkpoint {checkpoint} passed undelivered lsn {lsn} (delivered {delivered:?})"
+            );
+        }
+    }
+}
