@@ -31,19 +31,19 @@
 //!   oldest record has waited [`max_object_age_ms`](S3SinkConfig::max_object_age_ms)
 //!   — see [`S3SinkConfig::apply`]. A single transaction larger than that
 //!   is split.
-//! * **Atomic objects.** Each object is written with one PUT (a rename of a
-//!   finished temporary file for `file://`): a reader never sees part of an
-//!   object, and a crash leaves either the whole object or none.
-//!   [`Sink::deliver`] returns `Ok` after every object of the batch is
-//!   written.
-//! * **Replays rewrite the same names.** After a restart or a failed
-//!   attempt, the first batch starts at the same lsn as the attempt that
-//!   may have written objects already. Before writing such a batch the sink
-//!   lists each target directory and, where an object starting at the same
-//!   lsn exists, cuts its records at that object's last lsn — so the replay
-//!   writes the same object name with the same content, and only what is
-//!   new goes to new objects. Readers therefore never see the same event in
-//!   two objects because of a crash.
+//! * **Atomic, durable objects.** Each object is written with one PUT (for
+//!   `file://`: a finished, fsynced temporary file renamed into place): a
+//!   reader never sees part of an object, and a crash leaves either the
+//!   whole object or none. [`Sink::deliver`] returns `Ok` after every object
+//!   of the batch is written.
+//! * **A replay never stores an event twice.** After a restart or a failed
+//!   attempt, batches may start inside what an earlier attempt wrote
+//!   already. Until a batch overlaps nothing, the sink lists each target
+//!   directory first: records that an existing object holds (its name gives
+//!   its lsn range) are skipped — that object keeps its name and content —
+//!   and a new object never reaches across the first lsn of an existing
+//!   one. So readers never see an event in two objects because of a crash,
+//!   whatever the cut of the replayed batches.
 
 mod config;
 mod sink;

@@ -1,6 +1,6 @@
 //! The `s3` sink's [`Sink`] implementation (behaviour in the crate docs).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::sync::Arc;
 
@@ -45,7 +45,7 @@ fn store_error(what: &str, e: object_store::Error) -> SinkError {
             .any(|c| text.contains(c));
             if refused {
                 fatal(format!("{what}: the store refused the request ({text}); check the credentials and the bucket policy"))
-            } else if text.contains("NoSuchBucket") {
+            } else if text.contains("<Code>NoSuchBucket</Code>") {
                 fatal(format!(
                     "{what}: the bucket does not exist ({text}); create it first"
                 ))
@@ -150,8 +150,10 @@ impl S3Sink {
                 std::fs::create_dir_all(&dir).map_err(|e| {
                     fatal(format!("cannot create directory {}: {e}", dir.display()))
                 })?;
+                // fsync each object (and its directory) before `put` returns.
                 let store = LocalFileSystem::new_with_prefix(&dir)
-                    .map_err(|e| fatal(format!("{}: {e}", dir.display())))?;
+                    .map_err(|e| fatal(format!("{}: {e}", dir.display())))?
+                    .with_fsync(true);
                 (Arc::new(store), String::new())
             }
         };
@@ -238,13 +240,13 @@ impl S3Sink {
     }
 
     /// Names of the objects in `dir` (relative to the prefix), by first lsn.
-    async fn existing(&self, dir: &str) -> Result<HashMap<u64, u64>, SinkError> {
+    async fn existing(&self, dir: &str) -> Result<BTreeMap<u64, u64>, SinkError> {
         let listing = self
             .store
             .list_with_delimiter(Some(&self.key(dir)))
             .await
             .map_err(|e| store_error(&format!("listing {dir}"), e))?;
-        let mut out = HashMap::new();
+        let mut out = BTreeMap::new();
         for o in listing.objects {
             let Some(name) = o.location.filename() else {
                 continue;
@@ -271,7 +273,8 @@ impl S3Sink {
             });
             groups[i].1.push(r);
         }
-        let mut listings: HashMap<String, HashMap<u64, u64>> = HashMap::new();
+        let mut listings: HashMap<String, BTreeMap<u64, u64>> = HashMap::new();
+        let mut overlapped = false;
         for ((entity, _), records) in &groups {
             let mut rest: &[&SinkRecord] = records;
             while let Some(first) = rest.first() {
@@ -289,9 +292,25 @@ impl S3Sink {
                         let found = self.existing(&dir).await?;
                         listings.insert(dir.clone(), found);
                     }
-                    if let Some(&last) = listings.get(&dir).and_then(|l| l.get(&first.lsn)) {
-                        // A replay: rewrite that object as it was.
-                        cut = rest.iter().position(|r| r.lsn > last).unwrap_or(rest.len());
+                    let listing = listings.get(&dir);
+                    // An object written before holds this lsn: its events are
+                    // stored already (a replay) — skip them, keep its name.
+                    let holder = listing
+                        .and_then(|l| l.range(..=first.lsn).next_back())
+                        .filter(|(_, &last)| last >= first.lsn);
+                    if let Some((_, &last)) = holder {
+                        let skip = rest.iter().position(|r| r.lsn > last).unwrap_or(rest.len());
+                        rest = &rest[skip..];
+                        overlapped = true;
+                        continue;
+                    }
+                    // Never write across the start of an existing object.
+                    if let Some((&next, _)) = listing.and_then(|l| l.range(first.lsn + 1..).next())
+                    {
+                        cut = rest
+                            .iter()
+                            .position(|r| r.lsn >= next)
+                            .unwrap_or(rest.len());
                     }
                 }
                 let (chunk, tail) = rest.split_at(cut.max(1));
@@ -299,6 +318,8 @@ impl S3Sink {
                 rest = tail;
             }
         }
+        // Past the replayed range once a batch overlapped nothing.
+        self.check_existing = overlapped;
         Ok(())
     }
 
@@ -342,10 +363,7 @@ impl Sink for S3Sink {
 
     async fn deliver(&mut self, batch: &[SinkRecord]) -> Result<(), SinkError> {
         match self.write(batch).await {
-            Ok(()) => {
-                self.check_existing = false;
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(e) => {
                 self.check_existing = true;
                 Err(e)
