@@ -310,7 +310,11 @@ impl KafkaSink {
                             None => tokio::time::sleep(Duration::from_millis(5)).await,
                         }
                     }
-                    Err((e, _)) => return Err(classify("producing", &e)),
+                    Err((e, _)) => {
+                        let err = classify("producing", &e);
+                        self.drop_if_dead();
+                        return Err(err);
+                    }
                 }
             }
         }
@@ -320,13 +324,23 @@ impl KafkaSink {
             }
         }
         if let Some(e) = first_error {
-            if let Some((code, reason)) = producer.client().fatal_error() {
-                tracing::warn!(%code, %reason, "the kafka producer hit a fatal error; rebuilding it");
-                self.producer = None;
-            }
+            self.drop_if_dead();
             return Err(e);
         }
         Ok(())
+    }
+
+    /// After a fatal librdkafka error the producer is unusable: drop it, so
+    /// the next attempt builds a new one.
+    fn drop_if_dead(&mut self) {
+        let dead = self
+            .producer
+            .as_ref()
+            .and_then(|p| p.client().fatal_error());
+        if let Some((code, reason)) = dead {
+            tracing::warn!(%code, %reason, "the kafka producer hit a fatal error; rebuilding it");
+            self.producer = None;
+        }
     }
 }
 

@@ -313,7 +313,10 @@ impl Sink for NatsSink {
 
     async fn close(&mut self) -> Result<(), SinkError> {
         if let Some(conn) = self.conn.take() {
-            let _ = conn.client.flush().await;
+            // Every delivered message was acknowledged already; the flush
+            // only tidies up and must not hold a shutdown while the server
+            // is away.
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.client.flush()).await;
             drop(conn.client);
         }
         Ok(())

@@ -49,6 +49,14 @@
 //! 5. **Order.** Records are delivered in log order; in particular the order
 //!    per key (per `entity_id` of an entity) is the log order. A sink that
 //!    delivers in parallel must keep the order per [`SinkRecord::key`].
+//!    One exception, at-least-once's: when a batch fails part-way, the retry
+//!    re-sends records that may already have arrived, so a destination that
+//!    keeps everything (Kafka) can hold an older version of a row after a
+//!    newer one; the duplicate has the same id and a lower lsn. A sink that
+//!    pipelines (NATS, Kafka) can also lose one message while a later one
+//!    of the same key is stored, and the retry then stores the earlier one
+//!    after it. Consumers that must never go backwards compare the lsn (or
+//!    Debezium's `source.lsn`) before applying a change.
 //! 6. **Unreachable destinations are retried, forever.** A
 //!    [`SinkError::Transient`] from `deliver` makes the runtime retry the
 //!    same batch with exponential backoff

@@ -42,8 +42,8 @@ impl Router {
         db: &str,
         sanitize: fn(char) -> char,
     ) -> Result<Router, SinkError> {
-        check_template(what, template)?;
-        check_template(&format!("{what} (control)"), control)?;
+        check_template(what, template, sanitize)?;
+        check_template(&format!("{what} (control)"), control, sanitize)?;
         if control.contains("{schema}") || control.contains("{table}") {
             return Err(SinkError::Fatal(format!(
                 "the control {what} `{control}` cannot use {{schema}} or {{table}}: control records belong to no table"
@@ -55,7 +55,7 @@ impl Router {
                     "{what}_mapping has an empty key; use a table name or schema.table"
                 )));
             }
-            check_template(&format!("{what}_mapping.{k}"), v)?;
+            check_template(&format!("{what}_mapping.{k}"), v, sanitize)?;
         }
         Ok(Router {
             template: template.to_owned(),
@@ -92,24 +92,55 @@ impl Router {
         self.expand(template, schema, table)
     }
 
+    /// One pass over the template, so a value that looks like a
+    /// placeholder (a table named `{table}`) is not expanded again.
     fn expand(&self, template: &str, schema: &str, table: &str) -> String {
-        let clean = |s: &str| s.chars().map(self.sanitize).collect::<String>();
-        template
-            .replace("{prefix}", &clean(&self.prefix))
-            .replace("{db}", &clean(&self.db))
-            .replace("{schema}", &clean(schema))
-            .replace("{table}", &clean(table))
+        let mut out = String::with_capacity(template.len() + 32);
+        let mut rest = template;
+        while let Some(start) = rest.find('{') {
+            out.push_str(&rest[..start]);
+            let tail = &rest[start..];
+            let value = [
+                ("{prefix}", self.prefix.as_str()),
+                ("{db}", self.db.as_str()),
+                ("{schema}", schema),
+                ("{table}", table),
+            ]
+            .into_iter()
+            .find(|(p, _)| tail.starts_with(p));
+            match value {
+                Some((p, v)) => {
+                    out.extend(v.chars().map(self.sanitize));
+                    rest = &tail[p.len()..];
+                }
+                None => {
+                    out.push('{');
+                    rest = &tail[1..];
+                }
+            }
+        }
+        out.push_str(rest);
+        out
     }
 }
 
-/// A template is non-empty and uses only the known placeholders.
-fn check_template(what: &str, template: &str) -> Result<(), SinkError> {
+/// A template is non-empty, uses only the known placeholders, and its own
+/// text is allowed in a destination name.
+fn check_template(what: &str, template: &str, sanitize: fn(char) -> char) -> Result<(), SinkError> {
     if template.trim().is_empty() {
         return Err(SinkError::Fatal(format!("the {what} template is empty")));
     }
     let mut rest = template.to_owned();
     for p in PLACEHOLDERS {
         rest = rest.replace(p, "");
+    }
+    if let Some(c) = rest
+        .chars()
+        .find(|&c| c != '{' && c != '}' && sanitize(c) != c)
+    {
+        return Err(SinkError::Fatal(format!(
+            "the {what} template `{template}` contains {c:?}, which a {what} name cannot contain"
+        )));
     }
     if let Some(start) = rest.find('{') {
         let bad: String = rest[start..].chars().take_while(|&c| c != '}').collect();
@@ -174,6 +205,15 @@ mod tests {
             assert!(e.to_string().contains(want), "{e}");
             assert!(!e.to_string().contains('\n'));
         }
+        let no_space = |c: char| if c == ' ' { '_' } else { c };
+        let e = Router::new("subject", "a b.{table}", "c", &m, "p", "d", no_space).unwrap_err();
+        assert!(e.to_string().contains("' '"), "{e}");
+        let mut r = Router::new("topic", "{schema}.{table}", "c", &m, "p", "d", keep).unwrap();
+        assert_eq!(
+            r.route(Some("{table}.x")),
+            "{table}.x",
+            "values are not expanded again"
+        );
         let m = BTreeMap::from([("t".to_owned(), "{nope}".to_owned())]);
         let e = Router::new("subject", "{table}", "c", &m, "p", "d", keep).unwrap_err();
         assert!(e.to_string().contains("subject_mapping.t"), "{e}");
