@@ -33,8 +33,9 @@
 //!    [`batch_timeout`](SinkSettings::batch_timeout) when the log is quiet.
 //!    With [`whole_transactions`](SinkSettings::whole_transactions) (the
 //!    `s3` sink) a batch cut while the log holds more leaves the records of
-//!    its last, possibly unfinished transaction for the next batch, unless
-//!    that transaction alone fills the batch.
+//!    its last, possibly unfinished transaction for the next batch (the
+//!    checkpoint then moves to just before them), unless the batch holds
+//!    nothing else.
 //! 3. **`Ok` means durable.** `deliver(batch)` returns `Ok` only once the
 //!    destination has acknowledged every record of the batch durably (the
 //!    file is fsynced, the broker acked, the object is written). Only then

@@ -153,7 +153,7 @@ pub struct SinkSettings {
     /// Cut batches only between transactions where possible: when a batch
     /// is delivered while the log holds more, the records of its last,
     /// possibly unfinished transaction wait for the next batch (unless the
-    /// batch is that one transaction alone, which is then split).
+    /// batch holds nothing else; such a transaction is then split).
     pub whole_transactions: bool,
 }
 
