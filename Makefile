@@ -54,11 +54,11 @@ deps-services:
 	fi
 	@if [ ! -x "$(TOOL_CACHE)/bin/tansu" ]; then \
 		echo "building tansu $(TANSU_VERSION) (Kafka-protocol broker) into $(TOOL_CACHE); about 18 minutes, once"; \
-		CARGO_TARGET_DIR="$(TOOL_CACHE)/target" $(CARGO) install --quiet tansu@$(TANSU_VERSION) --no-default-features --features dynostore --root "$(TOOL_CACHE)"; \
+		CARGO_TARGET_DIR="$(TOOL_CACHE)/target" $(CARGO) install --quiet --locked tansu@$(TANSU_VERSION) --no-default-features --features dynostore --root "$(TOOL_CACHE)"; \
 	fi
 	@if [ ! -x "$(TOOL_CACHE)/bin/s3s-fs" ]; then \
 		echo "building s3s-fs $(S3S_FS_VERSION) (S3-compatible server) into $(TOOL_CACHE); a few minutes, once"; \
-		CARGO_TARGET_DIR="$(TOOL_CACHE)/target" $(CARGO) install --quiet s3s-fs@$(S3S_FS_VERSION) --features binary --root "$(TOOL_CACHE)"; \
+		CARGO_TARGET_DIR="$(TOOL_CACHE)/target" $(CARGO) install --quiet --locked s3s-fs@$(S3S_FS_VERSION) --features binary --root "$(TOOL_CACHE)"; \
 	fi
 	@rm -rf "$(TOOL_CACHE)/target"
 	@if [ ! -x "$(TOOLS)/nats/bin/nats-server" ]; then \
