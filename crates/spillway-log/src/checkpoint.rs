@@ -18,6 +18,10 @@ use crate::segment::sync_dir;
 pub(crate) const CHECKPOINTS_FILE_NAME: &str = "checkpoints.redb";
 /// name → (lsn, updated_at_us).
 const TABLE: TableDefinition<'static, &str, (u64, i64)> = TableDefinition::new("checkpoints");
+/// name → (requested_lsn, resume_lsn): a consumer whose checkpoint was
+/// found beyond the log's end at open and reset; it must be told
+/// (`requery_required`) before it reads on.
+const REQUERY: TableDefinition<'static, &str, (u64, u64)> = TableDefinition::new("requery");
 /// Longest accepted checkpoint name, in bytes.
 pub(crate) const MAX_NAME_BYTES: usize = 256;
 /// Memory redb may use for caching; the table is tiny.
@@ -36,6 +40,17 @@ pub struct Checkpoint {
     pub lsn: u64,
     /// When the checkpoint was last set, µs since the Unix epoch.
     pub updated_at_us: i64,
+}
+
+/// A consumer whose checkpoint was reset because the log ends before it
+/// (see [`CheckpointStore::reset_ahead`]): it has seen records that the log
+/// no longer holds, and must re-read its tables before it continues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingRequery {
+    /// The lsn the consumer would have read next (its old checkpoint + 1).
+    pub requested_lsn: u64,
+    /// Where it continues (the log's end at the reset + 1).
+    pub resume_lsn: u64,
 }
 
 /// Durable named consumer checkpoints of one log directory. Cheap to clone;
@@ -272,10 +287,112 @@ impl CheckpointStore {
     pub fn delete(&self, name: &str) -> Result<bool, LogError> {
         validate_name(name)?;
         let path = self.path();
-        self.write(|table| {
+        let removed = self.write(|table| {
             let old = table.remove(name).map_err(|e| db_err("delete", path, e))?;
             Ok(old.is_some())
-        })
+        })?;
+        self.clear_requery(name)?;
+        Ok(removed)
+    }
+
+    /// Resets every checkpoint beyond `end` (the log's committed lsn at
+    /// open) to `end` and records a [`PendingRequery`] for it, in one
+    /// durable transaction; returns `(name, old checkpoint)` of each.
+    ///
+    /// A checkpoint beyond the log's end means the consumer has seen
+    /// records the log does not hold any more (a repaired or restored log
+    /// directory): the lsns after `end` will be handed out again for other
+    /// events, so continuing at the old checkpoint would silently skip
+    /// them. The consumer continues at `end + 1`, told first.
+    pub fn reset_ahead(&self, end: u64) -> Result<Vec<(String, u64)>, LogError> {
+        let path = self.path();
+        let ahead: Vec<(String, u64)> = self
+            .list()?
+            .into_iter()
+            .filter(|c| c.lsn > end)
+            .map(|c| (c.name, c.lsn))
+            .collect();
+        if ahead.is_empty() {
+            return Ok(ahead);
+        }
+        let now = now_us();
+        let mut txn = self
+            .inner
+            .db
+            .begin_write()
+            .map_err(|e| db_err("begin transaction", path, e))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| db_err("set durability", path, e))?;
+        {
+            let mut table = txn
+                .open_table(TABLE)
+                .map_err(|e| db_err("open table", path, e))?;
+            let mut requery = txn
+                .open_table(REQUERY)
+                .map_err(|e| db_err("open table", path, e))?;
+            for (name, old) in &ahead {
+                table
+                    .insert(name.as_str(), (end, now))
+                    .map_err(|e| db_err("write", path, e))?;
+                // An earlier, not yet delivered reset keeps its older start.
+                let requested = requery
+                    .get(name.as_str())
+                    .map_err(|e| db_err("read", path, e))?
+                    .map_or(old + 1, |v| v.value().0.min(old + 1));
+                requery
+                    .insert(name.as_str(), (requested, end + 1))
+                    .map_err(|e| db_err("write", path, e))?;
+            }
+        }
+        txn.commit().map_err(|e| db_err("commit", path, e))?;
+        Ok(ahead)
+    }
+
+    /// The pending `requery_required` of consumer `name`, if its checkpoint
+    /// was reset by [`reset_ahead`](CheckpointStore::reset_ahead) and it was
+    /// not yet told.
+    pub fn pending_requery(&self, name: &str) -> Result<Option<PendingRequery>, LogError> {
+        validate_name(name)?;
+        let path = self.path();
+        let txn = self
+            .inner
+            .db
+            .begin_read()
+            .map_err(|e| db_err("begin transaction", path, e))?;
+        let table = match txn.open_table(REQUERY) {
+            Ok(table) => table,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(db_err("open table", path, e)),
+        };
+        let value = table.get(name).map_err(|e| db_err("read", path, e))?;
+        Ok(value.map(|v| {
+            let (requested_lsn, resume_lsn) = v.value();
+            PendingRequery {
+                requested_lsn,
+                resume_lsn,
+            }
+        }))
+    }
+
+    /// Forgets the pending `requery_required` of `name` (once it was
+    /// delivered). Durable when it returns `Ok`.
+    pub fn clear_requery(&self, name: &str) -> Result<(), LogError> {
+        validate_name(name)?;
+        let path = self.path();
+        let mut txn = self
+            .inner
+            .db
+            .begin_write()
+            .map_err(|e| db_err("begin transaction", path, e))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| db_err("set durability", path, e))?;
+        {
+            let mut table = txn
+                .open_table(REQUERY)
+                .map_err(|e| db_err("open table", path, e))?;
+            table.remove(name).map_err(|e| db_err("delete", path, e))?;
+        }
+        txn.commit().map_err(|e| db_err("commit", path, e))
     }
 
     /// Every checkpoint, sorted by name.

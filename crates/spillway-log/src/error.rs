@@ -27,8 +27,27 @@ pub enum LogError {
         offset: u64,
     },
     /// An earlier write or fsync failed; the log refuses further appends.
-    #[error("change log is poisoned by an earlier write or fsync failure; restart the process so recovery can run")]
-    Poisoned,
+    /// `cause` is the first failure (the operation, the file and the
+    /// operating system's error, e.g. "No space left on device").
+    #[error("change log stopped after a failed write or fsync ({cause}); fix the disk (free space, hardware errors in the kernel log), then restart spillway: what was not yet on disk is cut off and PostgreSQL resends it")]
+    Poisoned {
+        /// The first write or fsync failure, as one line.
+        cause: String,
+    },
+    /// Recovery found damaged bytes with valid records after them: cutting
+    /// there would delete data that was durable (and confirmed to the
+    /// source), so the log refuses to open.
+    #[error("change log segment {segment} is damaged at offset {offset} ({reason}) and valid data follows it ({follows}); spillway will not delete confirmed data: restore the log directory from a backup, or run `spillway admin cdc repair` to cut the log at the damage (the cut-off bytes are kept in a .damaged file; consumers past the cut get requery_required)")]
+    Damaged {
+        /// Path of the damaged segment file.
+        segment: PathBuf,
+        /// Byte offset of the first damaged byte (record or header).
+        offset: u64,
+        /// What is wrong there.
+        reason: String,
+        /// Where valid data was found after the damage.
+        follows: String,
+    },
     /// The appended lsn is not the next dense lsn.
     #[error("append out of sequence: expected lsn {expected}, got {got}; append records with dense lsns starting at next_lsn()")]
     LsnMismatch {

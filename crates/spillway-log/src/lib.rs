@@ -275,19 +275,21 @@ mod lock;
 mod reader;
 pub mod record;
 mod recovery;
+mod repair;
 mod segment;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::watch;
 
-pub use checkpoint::{Checkpoint, CheckpointStore};
+pub use checkpoint::{Checkpoint, CheckpointStore, PendingRequery};
 pub use error::LogError;
 pub use inspect::{inspect, LogSummary};
 pub use reader::LogReader;
+pub use repair::{repair, RepairCut, RepairReport};
 pub use writer::LogWriter;
 
 use dir_lock::DirLock;
@@ -315,6 +317,10 @@ pub struct LogOptions {
     pub channel_capacity: usize,
     /// Distance between sparse index entries in bytes (default 64 KiB).
     pub index_interval_bytes: u64,
+    /// Size cap of segment and index files, enforced by the writer each
+    /// time it seals a segment (oldest sealed segments are deleted, even
+    /// past consumer checkpoints; see "Retention"). `None`: no cap.
+    pub max_bytes: Option<u64>,
 }
 
 impl LogOptions {
@@ -325,6 +331,7 @@ impl LogOptions {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
             index_interval_bytes: DEFAULT_INDEX_INTERVAL_BYTES,
+            max_bytes: None,
         }
     }
 
@@ -448,24 +455,116 @@ pub(crate) struct Shared {
     pub(crate) committed_tx: watch::Sender<u64>,
     pub(crate) last_commit: Mutex<Option<CommitPosition>>,
     pub(crate) poisoned: AtomicBool,
+    /// Largest record timestamp that trimming may have deleted
+    /// (`i64::MIN`: nothing trimmed, `i64::MAX`: unknown).
+    pub(crate) trimmed_max_ts: AtomicI64,
+    /// The first failure that poisoned the log, as one line.
+    poison_cause: Mutex<Option<String>>,
     pub(crate) stats: StatCounters,
     /// Number of [`LogWriter::discard_uncommitted`] calls that removed
     /// records. Readers compare it to drop read-ahead of removed records.
     pub(crate) discards: AtomicU64,
-    trim_lock: Mutex<()>,
-    checkpoints: CheckpointStore,
+    pub(crate) trim_lock: Mutex<()>,
+    pub(crate) checkpoints: CheckpointStore,
     /// The directory lock; dropped last (field order), once the writer, the
     /// readers and every `ChangeLog` clone are gone.
     _dir_lock: Arc<DirLock>,
 }
 
 impl Shared {
+    /// Poisons the log because of `e` (the first cause is kept).
+    pub(crate) fn poison(&self, e: &LogError) {
+        let cause = match e {
+            LogError::Io { op, path, source } => format!("{op} {}: {source}", path.display()),
+            LogError::Poisoned { cause } => cause.clone(),
+            other => other.to_string(),
+        };
+        self.poison_msg(cause);
+    }
+
+    /// Poisons the log with `cause` (the first cause is kept).
+    pub(crate) fn poison_msg(&self, cause: String) {
+        lock(&self.poison_cause).get_or_insert(cause);
+        self.poisoned.store(true, Ordering::Release);
+    }
+
+    /// The error appends and flushes return once the log is poisoned.
+    pub(crate) fn poisoned_error(&self) -> LogError {
+        LogError::Poisoned {
+            cause: lock(&self.poison_cause)
+                .clone()
+                .unwrap_or_else(|| "unknown cause".into()),
+        }
+    }
+
     pub(crate) fn committed_lsn(&self) -> u64 {
         self.committed.load(Ordering::Acquire)
     }
 
     pub(crate) fn oldest_lsn(&self) -> u64 {
         read(&self.segments).first().map_or(1, |s| s.base_lsn)
+    }
+
+    /// Deletes the `n` oldest segments, `n = choose(segments, deletable)`
+    /// capped at `deletable`: the number of sealed segments, oldest first,
+    /// holding only visible records. Returns the report and the oldest lsn
+    /// from before.
+    pub(crate) fn trim_oldest(
+        &self,
+        choose: impl FnOnce(&[Arc<Segment>], usize) -> usize,
+    ) -> Result<(TrimReport, u64), LogError> {
+        let _serial = lock(&self.trim_lock);
+        // Only grows (a discard never lowers it): a stale value is safe.
+        let visible_end = self.committed_lsn() + 1;
+        let (removed, old_oldest): (Vec<Arc<Segment>>, u64) = {
+            let mut segs = write(&self.segments);
+            let old_oldest = segs.first().map_or(1, |s| s.base_lsn);
+            // Segment `i` is sealed if `i + 1` exists, and holds only
+            // visible records if it ends before `visible_end`.
+            let deletable = (0..segs.len())
+                .take_while(|&i| segs.get(i + 1).is_some_and(|s| s.base_lsn <= visible_end))
+                .count();
+            let n = choose(&segs, deletable).min(deletable);
+            (segs.drain(..n).collect(), old_oldest)
+        };
+        let mut bytes_freed = 0;
+        if let Some(newest) = removed.iter().map(|seg| read(&seg.index).max_ts).max() {
+            self.trimmed_max_ts.fetch_max(newest, Ordering::AcqRel);
+        }
+        // Oldest first: a crash in between leaves a contiguous log.
+        for seg in &removed {
+            bytes_freed += seg.disk_bytes();
+            remove_if_exists(&seg.path)?;
+            remove_if_exists(&seg.idx_path)?;
+        }
+        if !removed.is_empty() {
+            sync_dir(&self.opts.dir)?;
+            tracing::info!(
+                segments = removed.len(),
+                bytes_freed,
+                oldest_lsn = self.oldest_lsn(),
+                "change log trimmed"
+            );
+        }
+        Ok((
+            TrimReport {
+                segments_deleted: removed.len(),
+                bytes_freed,
+                oldest_lsn: self.oldest_lsn(),
+            },
+            old_oldest,
+        ))
+    }
+
+    /// Deletes the oldest sealed segments while segment and index files
+    /// take more than `max_bytes` (even past consumer checkpoints; a warning
+    /// names each consumer whose position goes).
+    pub(crate) fn enforce_max_bytes(&self, max_bytes: u64) -> Result<TrimReport, LogError> {
+        let checkpoints = self.checkpoints.list()?;
+        let (report, old_oldest) =
+            self.trim_oldest(|segs, deletable| segments_over(segs, deletable, max_bytes))?;
+        warn_trimmed_consumers(&checkpoints, old_oldest, report.oldest_lsn, max_bytes);
+        Ok(report)
     }
 
     /// Whether `err` (from opening `seg`) is because retention deleted it.
@@ -486,6 +585,44 @@ impl Shared {
         };
         let bound = segs.get(i).map_or(u64::MAX, |next| next.base_lsn - 1);
         Ok((seg.clone(), bound))
+    }
+}
+
+/// How many of the oldest `deletable` segments must go for `segs` to take at
+/// most `max_bytes` (as many as can go if that is not enough).
+fn segments_over(segs: &[Arc<Segment>], deletable: usize, max_bytes: u64) -> usize {
+    let mut total: u64 = segs.iter().map(|s| s.disk_bytes()).sum();
+    let mut n = 0;
+    while total > max_bytes && n < deletable {
+        total -= segs.get(n).map_or(0, |s| s.disk_bytes());
+        n += 1;
+    }
+    n
+}
+
+/// Warns about the consumers whose next record was in `old_oldest..new_oldest`
+/// (trimmed by the size limit before they read it).
+fn warn_trimmed_consumers(
+    checkpoints: &[Checkpoint],
+    old_oldest: u64,
+    new_oldest: u64,
+    max_bytes: u64,
+) {
+    let trimmed: Vec<String> = checkpoints
+        .iter()
+        .filter(|c| {
+            let next = c.lsn.saturating_add(1);
+            next >= old_oldest && next < new_oldest
+        })
+        .map(|c| format!("{} (at lsn {})", c.name, c.lsn))
+        .collect();
+    if !trimmed.is_empty() {
+        tracing::warn!(
+            consumers = %trimmed.join(", "),
+            oldest_lsn = new_oldest,
+            max_bytes,
+            "change log retention: size limit trimmed records that these consumers have not processed yet; they will get requery_required and must re-snapshot"
+        );
     }
 }
 
@@ -519,6 +656,17 @@ impl ChangeLog {
         let dir_lock = Arc::new(DirLock::acquire(&opts.dir)?);
         let rec = recovery::recover(&opts)?;
         let checkpoints = CheckpointStore::open_locked(&opts.dir, dir_lock.clone())?;
+        // A checkpoint beyond the log's end (a repaired or restored
+        // directory) must never become a silent skip of the lsns handed
+        // out again: reset it, and the consumer is told first.
+        for (name, old) in checkpoints.reset_ahead(rec.committed_lsn)? {
+            tracing::warn!(
+                consumer = %name,
+                checkpoint = old,
+                committed_lsn = rec.committed_lsn,
+                "change log: a consumer's checkpoint is beyond the end of the log; reset to the end, it gets requery_required before it reads on"
+            );
+        }
         tracing::info!(
             dir = %opts.dir.display(),
             committed_lsn = rec.committed_lsn,
@@ -533,6 +681,8 @@ impl ChangeLog {
             committed_tx,
             last_commit: Mutex::new(rec.last_commit),
             poisoned: AtomicBool::new(false),
+            trimmed_max_ts: AtomicI64::new(rec.trimmed_max_ts),
+            poison_cause: Mutex::new(None),
             stats: StatCounters::default(),
             discards: AtomicU64::new(0),
             trim_lock: Mutex::new(()),
@@ -577,18 +727,31 @@ impl ChangeLog {
         self.shared.committed_tx.subscribe()
     }
 
-    /// A reader positioned at `from_lsn`, clamped up to
-    /// [`oldest_lsn`](ChangeLog::oldest_lsn). Positions past the committed lsn
-    /// are allowed; the reader returns records once they become visible.
+    /// A reader positioned at `from_lsn`. Positions past the committed lsn
+    /// are allowed; the reader returns records once they become visible. A
+    /// position below [`oldest_lsn`](ChangeLog::oldest_lsn) — given so, or
+    /// trimmed before the first read — is never moved up silently: the
+    /// reader's first [`read_batch`](LogReader::read_batch) returns
+    /// [`LogError::Trimmed`] (`lsn 0` counts as 1).
     pub fn reader(&self, from_lsn: u64) -> Result<LogReader, LogError> {
-        let from = from_lsn.max(self.oldest_lsn());
-        Ok(LogReader::new(self.shared.clone(), from))
+        Ok(LogReader::new(self.shared.clone(), from_lsn.max(1)))
     }
 
     /// The first visible lsn whose record timestamp is `>= ts_us`, or
-    /// `committed_lsn() + 1` if there is none. Only retained segments are
-    /// searched (a timestamp before all of them yields the oldest lsn).
+    /// `committed_lsn() + 1` if there is none.
+    ///
+    /// When records at or after `ts_us` may have been trimmed (the newest
+    /// trimmed timestamp is `>= ts_us`, or unknown), returns
+    /// `oldest_lsn() - 1`: a position below the oldest retained record, so a
+    /// reader there reports [`LogError::Trimmed`] instead of silently
+    /// starting later. (The newest trimmed timestamp is exact for trims by
+    /// this process; after a reopen it is the commit time carried in the
+    /// oldest segment's header.)
     pub fn lsn_for_timestamp(&self, ts_us: i64) -> Result<u64, LogError> {
+        let oldest = self.oldest_lsn();
+        if oldest > 1 && ts_us <= self.shared.trimmed_max_ts.load(Ordering::Acquire) {
+            return Ok(oldest - 1);
+        }
         let committed = self.committed_lsn();
         let segs: Vec<Arc<Segment>> = read(&self.shared.segments).clone();
         for (i, seg) in segs.iter().enumerate() {
@@ -652,6 +815,7 @@ impl ChangeLog {
     /// for policy-driven trimming that respects them.
     pub fn trim_before(&self, lsn: u64) -> Result<TrimReport, LogError> {
         Ok(self
+            .shared
             .trim_oldest(|segs, deletable| {
                 // Segment `i` (sealed) ends at `segs[i + 1].base_lsn - 1`.
                 (0..deletable)
@@ -698,7 +862,7 @@ impl ChangeLog {
             .max_age
             .map(|age| now_us.saturating_sub(i64::try_from(age.as_micros()).unwrap_or(i64::MAX)));
         let mut by_age = 0;
-        let (report, old_oldest) = self.trim_oldest(|segs, deletable| {
+        let (report, old_oldest) = self.shared.trim_oldest(|segs, deletable| {
             if let Some(cutoff) = cutoff {
                 // Keep every record with lsn > min checkpoint: segment `i`
                 // may go only if its last lsn (`segs[i + 1].base_lsn - 1`)
@@ -711,84 +875,18 @@ impl ChangeLog {
                     })
                     .count();
             }
-            let mut by_size = 0;
-            if let Some(max_bytes) = policy.max_bytes {
-                let mut total: u64 = segs.iter().map(|s| s.disk_bytes()).sum();
-                while total > max_bytes && by_size < deletable {
-                    total -= segs.get(by_size).map_or(0, |s| s.disk_bytes());
-                    by_size += 1;
-                }
-            }
+            let by_size = policy
+                .max_bytes
+                .map_or(0, |max| segments_over(segs, deletable, max));
             by_age.max(by_size)
         })?;
         if report.segments_deleted > by_age {
             // max_bytes went further than the checkpoints allow.
-            let trimmed: Vec<String> = checkpoints
-                .iter()
-                .filter(|c| {
-                    let next = c.lsn.saturating_add(1);
-                    next >= old_oldest && next < report.oldest_lsn
-                })
-                .map(|c| format!("{} (at lsn {})", c.name, c.lsn))
-                .collect();
-            if !trimmed.is_empty() {
-                tracing::warn!(
-                    consumers = %trimmed.join(", "),
-                    oldest_lsn = report.oldest_lsn,
-                    max_bytes = policy.max_bytes,
-                    "change log retention: size limit trimmed records that these consumers have not processed yet; they will get a trimmed error and must re-snapshot"
-                );
+            if let Some(max) = policy.max_bytes {
+                warn_trimmed_consumers(&checkpoints, old_oldest, report.oldest_lsn, max);
             }
         }
         Ok(report)
-    }
-
-    /// Deletes the `n` oldest segments, `n = choose(segments, deletable)`
-    /// capped at `deletable`: the number of sealed segments, oldest first,
-    /// holding only visible records. Returns the report and the oldest lsn
-    /// from before.
-    fn trim_oldest(
-        &self,
-        choose: impl FnOnce(&[Arc<Segment>], usize) -> usize,
-    ) -> Result<(TrimReport, u64), LogError> {
-        let _serial = lock(&self.shared.trim_lock);
-        // Only grows (a discard never lowers it): a stale value is safe.
-        let visible_end = self.committed_lsn() + 1;
-        let (removed, old_oldest): (Vec<Arc<Segment>>, u64) = {
-            let mut segs = write(&self.shared.segments);
-            let old_oldest = segs.first().map_or(1, |s| s.base_lsn);
-            // Segment `i` is sealed if `i + 1` exists, and holds only
-            // visible records if it ends before `visible_end`.
-            let deletable = (0..segs.len())
-                .take_while(|&i| segs.get(i + 1).is_some_and(|s| s.base_lsn <= visible_end))
-                .count();
-            let n = choose(&segs, deletable).min(deletable);
-            (segs.drain(..n).collect(), old_oldest)
-        };
-        let mut bytes_freed = 0;
-        // Oldest first: a crash in between leaves a contiguous log.
-        for seg in &removed {
-            bytes_freed += seg.disk_bytes();
-            remove_if_exists(&seg.path)?;
-            remove_if_exists(&seg.idx_path)?;
-        }
-        if !removed.is_empty() {
-            sync_dir(&self.shared.opts.dir)?;
-            tracing::info!(
-                segments = removed.len(),
-                bytes_freed,
-                oldest_lsn = self.oldest_lsn(),
-                "change log trimmed"
-            );
-        }
-        Ok((
-            TrimReport {
-                segments_deleted: removed.len(),
-                bytes_freed,
-                oldest_lsn: self.oldest_lsn(),
-            },
-            old_oldest,
-        ))
     }
 
     /// The consumer checkpoints stored with this log (`checkpoints.redb` in
@@ -824,23 +922,53 @@ impl ChangeLog {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod test_hooks {
-    //! Fault injection for unit tests.
+/// Fault injection for unit tests: an operation on a log directory fails
+/// with a chosen OS error. In normal builds every check is a no-op.
+pub(crate) mod faults {
     use std::io;
-    use std::path::{Path, PathBuf};
-    use std::sync::Mutex;
+    use std::path::Path;
 
-    static FAIL_FSYNC: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-
-    pub(crate) fn fail_fsync_in(dir: &Path) {
-        crate::lock::lock(&FAIL_FSYNC).push(dir.to_path_buf());
+    /// Operations that can be made to fail.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) enum Op {
+        /// fsync of a segment file (group commit, recovery, cuts).
+        Fsync,
+        /// write of records into a segment file.
+        Write,
+        /// truncation of a segment file.
+        Truncate,
+        /// writing the durable-end marker file.
+        Marker,
     }
 
-    pub(crate) fn check_fsync(dir: &Path) -> io::Result<()> {
-        if crate::lock::lock(&FAIL_FSYNC).iter().any(|d| d == dir) {
-            return Err(io::Error::other("injected fsync failure"));
+    #[cfg(test)]
+    static FAIL: std::sync::Mutex<Vec<(std::path::PathBuf, Op, i32)>> =
+        std::sync::Mutex::new(Vec::new());
+
+    /// Makes every `op` in `dir` fail with the OS error `errno` from now on.
+    #[cfg(test)]
+    pub(crate) fn inject(dir: &Path, op: Op, errno: i32) {
+        crate::lock::lock(&FAIL).push((dir.to_path_buf(), op, errno));
+    }
+
+    /// Stops injecting failures of `op` in `dir`.
+    #[cfg(test)]
+    pub(crate) fn clear(dir: &Path, op: Op) {
+        crate::lock::lock(&FAIL).retain(|(d, o, _)| !(d == dir && *o == op));
+    }
+
+    /// Fails if a failure of `op` in `dir` is injected.
+    #[cfg_attr(not(test), inline(always))]
+    pub(crate) fn check(dir: &Path, op: Op) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some((_, _, errno)) = crate::lock::lock(&FAIL)
+            .iter()
+            .find(|(d, o, _)| d == dir && *o == op)
+        {
+            return Err(io::Error::from_raw_os_error(*errno));
         }
+        let _ = (dir, op);
         Ok(())
     }
 }

@@ -9,10 +9,14 @@ use tracing::{info, warn};
 
 use crate::error::LogError;
 use crate::index::{decode_index_file, encode_index_file, SegmentIndex};
-use crate::record::{encode_segment_header, CommitMark, SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::record::{
+    decode_record, encode_segment_header, peek_record_len, CommitMark, SegmentHeader,
+    RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+};
 use crate::segment::{
     index_file_name, parse_file_name, remove_if_exists, scan_segment, segment_file_name, sync_dir,
-    write_file_atomically, ScanStop, Segment, INDEX_EXT, SEGMENT_EXT, TMP_EXT,
+    sync_file, truncate_file, write_file_atomically, ScanStop, Segment, INDEX_EXT, SEGMENT_EXT,
+    TMP_EXT,
 };
 use crate::{CommitPosition, LogOptions};
 
@@ -28,6 +32,9 @@ pub(crate) struct Recovered {
     pub(crate) last_commit: Option<CommitPosition>,
     /// Last visible lsn.
     pub(crate) committed_lsn: u64,
+    /// Newest timestamp among trimmed records, as far as known (see
+    /// `Shared::trimmed_max_ts`).
+    pub(crate) trimmed_max_ts: i64,
 }
 
 fn to_position(mark: CommitMark) -> Option<CommitPosition> {
@@ -104,27 +111,47 @@ pub(crate) fn recover(opts: &LogOptions) -> Result<Recovered, LogError> {
         }
     }
     bases.sort_unstable();
-    let mut dir_dirty = false;
+    apply_durable_end(dir, &mut bases)?;
     for base in idx_bases {
         if bases.binary_search(&base).is_err() {
-            dir_dirty |= remove_if_exists(&dir.join(index_file_name(base)))?;
+            remove_if_exists(&dir.join(index_file_name(base)))?;
         }
     }
 
     if bases.is_empty() {
         drop(create_segment_file(dir, 1, None)?);
         bases.push(1);
-        dir_dirty = true;
     }
 
-    // Tail recovery: find the newest valid tx_end record.
-    let mut cut_at = bases.len() - 1;
+    // Tail recovery: find the newest valid tx_end record. Only the newest
+    // segment may end in a torn tail: every older one was fsynced whole
+    // before the next was created, so damage there (or damage followed by
+    // valid records anywhere) is refused, never cut — cutting would delete
+    // durable data that PostgreSQL was told it may forget.
+    let newest = bases.len() - 1;
+    let mut cut_at = newest;
     let (cut_offset, last_commit, committed_lsn, header_ok) = loop {
         let base = bases.get(cut_at).copied().unwrap_or(1);
         let path = dir.join(segment_file_name(base));
         let scan = scan_segment(&path, base, interval)?;
-        if scan.stop != ScanStop::End {
-            warn!(segment = %path.display(), stop = ?scan.stop, "change log recovery: discarding torn or corrupt tail");
+        match scan.stop {
+            ScanStop::End => {}
+            ScanStop::Torn { offset } | ScanStop::Bad { offset } => {
+                let expected = scan.index.last_lsn + 1;
+                if cut_at != newest {
+                    let next = bases.get(cut_at + 1).copied().unwrap_or(base);
+                    return Err(LogError::Damaged {
+                        segment: path,
+                        offset,
+                        reason: format!("{:?} before lsn {expected}", scan.stop),
+                        follows: format!("the newer segment {}", segment_file_name(next)),
+                    });
+                }
+                if let ScanStop::Bad { offset } = scan.stop {
+                    check_tail_is_torn(&path, offset, expected)?;
+                }
+                warn!(segment = %path.display(), stop = ?scan.stop, "change log recovery: discarding a torn tail (bytes written but never made durable)");
+            }
         }
         if let Some((mark, end)) = scan.last_tx_end {
             break (end, to_position(mark), mark.lsn, true);
@@ -153,13 +180,12 @@ pub(crate) fn recover(opts: &LogOptions) -> Result<Recovered, LogError> {
         );
         remove_if_exists(&dir.join(segment_file_name(base)))?;
         remove_if_exists(&dir.join(index_file_name(base)))?;
-        dir_dirty = true;
     }
     bases.truncate(cut_at + 1);
     let active_base = bases.last().copied().unwrap_or(1);
     let active_path = dir.join(segment_file_name(active_base));
     // The active segment gets a fresh index when it is sealed again.
-    dir_dirty |= remove_if_exists(&dir.join(index_file_name(active_base)))?;
+    remove_if_exists(&dir.join(index_file_name(active_base)))?;
 
     let mut active_file = if header_ok {
         OpenOptions::new()
@@ -171,7 +197,6 @@ pub(crate) fn recover(opts: &LogOptions) -> Result<Recovered, LogError> {
         // No valid header (crash while creating it): start the file afresh.
         warn!(segment = %active_path.display(), "change log recovery: rewriting damaged segment header");
         remove_if_exists(&active_path)?;
-        dir_dirty = true;
         create_segment_file(dir, active_base, last_commit)?
     };
     let file_len = active_file
@@ -180,16 +205,15 @@ pub(crate) fn recover(opts: &LogOptions) -> Result<Recovered, LogError> {
         .len();
     if file_len != cut_offset {
         info!(segment = %active_path.display(), from = file_len, to = cut_offset, "change log recovery: truncating");
-        active_file
-            .set_len(cut_offset)
-            .map_err(|e| LogError::io("truncate", &active_path, e))?;
-        active_file
-            .sync_all()
-            .map_err(|e| LogError::io("fsync", &active_path, e))?;
+        truncate_file(&active_file, &active_path, dir, cut_offset)?;
     }
-    if dir_dirty {
-        sync_dir(dir)?;
-    }
+    // Always, not only after a truncation: the bytes kept may be only in
+    // the page cache (a crash of the process, not the machine, between a
+    // write and its group fsync). The committed position is published — and
+    // confirmed to PostgreSQL — only once they are on disk.
+    sync_file(&active_file, &active_path, dir)?;
+    // Likewise the directory: a segment created just before the crash.
+    sync_dir(dir)?;
     active_file
         .seek(SeekFrom::End(0))
         .map_err(|e| LogError::io("seek", &active_path, e))?;
@@ -217,7 +241,24 @@ pub(crate) fn recover(opts: &LogOptions) -> Result<Recovered, LogError> {
         segments.push(Arc::new(Segment::new(dir, index, idx_bytes)));
     }
 
+    // What trimming deleted before the oldest segment: its header carries
+    // the last commit before it (the best bound a reopen has).
+    let trimmed_max_ts = match bases.first() {
+        Some(&first) if first > 1 => {
+            let oldest = scan_header(&dir.join(segment_file_name(first)));
+            oldest.map_or(i64::MAX, |h| {
+                if h.prev_commit.lsn == 0 {
+                    i64::MAX
+                } else {
+                    h.prev_commit.timestamp_us
+                }
+            })
+        }
+        _ => i64::MIN,
+    };
+
     Ok(Recovered {
+        trimmed_max_ts,
         segments,
         active_file,
         active_index,
@@ -270,4 +311,181 @@ fn load_sealed_index(
             Ok((scan.index, 0))
         }
     }
+}
+
+/// The size of the blocks a file system writes back; a crash can leave a
+/// whole block of a file unwritten (it reads back as zeros) while later
+/// blocks made it to disk.
+const FS_BLOCK: u64 = 4096;
+
+/// Decides what the invalid bytes at `offset` of the newest segment are.
+///
+/// * Nothing valid after them: a **torn tail** — the last write before a
+///   crash, never made durable. `Ok(())`: recovery cuts it.
+/// * A valid record after them, with a whole file-system block of zeros in
+///   between: also a torn tail. Write-back after a crash can leave such a
+///   hole (an unwritten block reads as zeros) before blocks that did reach
+///   the disk; a hole means no fsync covering it ever succeeded, so nothing
+///   from the hole on was durable or confirmed. `Ok(())`.
+/// * A valid record after them without such a hole: **damage** of durable
+///   data (a flipped bit, an overwritten record). `Err(Damaged)`: cutting
+///   would delete confirmed transactions.
+fn check_tail_is_torn(path: &Path, offset: u64, expected_lsn: u64) -> Result<(), LogError> {
+    let bytes = fs::read(path).map_err(|e| LogError::io("read segment", path, e))?;
+    let from = usize::try_from(offset).unwrap_or(usize::MAX);
+    let Some(rest) = bytes.get(from..) else {
+        return Ok(());
+    };
+    let Some((at, lsn)) = find_valid_record(rest, expected_lsn) else {
+        return Ok(());
+    };
+    let valid_at = offset + at as u64;
+    let reason = match decode_record(rest) {
+        Err(e) => e.to_string(),
+        Ok(r) => format!("expected lsn {expected_lsn}, found lsn {}", r.header.lsn),
+    };
+    if has_zero_block(rest, offset, valid_at) {
+        warn!(segment = %path.display(), offset, valid_at, %reason, "change log recovery: unwritten block before later records (a crash during write-back); treating as a torn tail");
+        return Ok(());
+    }
+    Err(LogError::Damaged {
+        segment: path.to_path_buf(),
+        offset,
+        reason,
+        follows: format!("a valid record with lsn {lsn} at offset {valid_at}"),
+    })
+}
+
+/// The first offset in `bytes` where a complete, checksum-valid record with
+/// lsn `>= min_lsn` starts, and its lsn.
+pub(crate) fn find_valid_record(bytes: &[u8], min_lsn: u64) -> Option<(usize, u64)> {
+    let mut at = 0usize;
+    while at + RECORD_HEADER_LEN <= bytes.len() {
+        let rest = bytes.get(at..).unwrap_or_default();
+        // Cheap plausibility first (flags, lsn, length), then the checksum.
+        let plausible = rest.get(24).is_some_and(|f| *f <= 1)
+            && rest
+                .get(8..16)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .is_some_and(|b| u64::from_le_bytes(b) >= min_lsn.max(1))
+            && peek_record_len(rest).is_ok_and(|n| n <= rest.len());
+        if plausible {
+            if let Ok(rec) = decode_record(rest) {
+                return Some((at, rec.header.lsn));
+            }
+        }
+        at += 1;
+    }
+    None
+}
+
+/// Whether `bytes` (starting at file offset `base`) holds an aligned,
+/// all-zero file-system block that ends at or before file offset `end`.
+pub(crate) fn has_zero_block(bytes: &[u8], base: u64, end: u64) -> bool {
+    let mut block = base.div_ceil(FS_BLOCK) * FS_BLOCK;
+    while block + FS_BLOCK <= end {
+        let lo = (block - base) as usize;
+        let hi = lo + FS_BLOCK as usize;
+        if bytes.get(lo..hi).is_some_and(|b| b.iter().all(|x| *x == 0)) {
+            return true;
+        }
+        block += FS_BLOCK;
+    }
+    false
+}
+
+/// Name of the marker written when a failed write or fsync could not be
+/// undone by truncating the segment (see [`write_durable_end`]).
+pub(crate) const DURABLE_END_FILE: &str = "durable-end";
+const DURABLE_END_MAGIC: [u8; 8] = *b"SPWLDUR\0";
+
+/// Persists "segment `base_lsn` is durable up to byte `offset`; anything
+/// after it may be page-cache bytes that never reached the disk". Written
+/// after a failed write or fsync when truncating the segment to its durable
+/// end failed too; the next open cuts there before reading anything.
+pub(crate) fn write_durable_end(dir: &Path, base_lsn: u64, offset: u64) -> Result<(), LogError> {
+    let path = dir.join(DURABLE_END_FILE);
+    let tmp = dir.join(format!("{DURABLE_END_FILE}.{TMP_EXT}"));
+    let mut bytes = Vec::with_capacity(28);
+    bytes.extend_from_slice(&DURABLE_END_MAGIC);
+    bytes.extend_from_slice(&base_lsn.to_le_bytes());
+    bytes.extend_from_slice(&offset.to_le_bytes());
+    bytes.extend_from_slice(&crc32c::crc32c(&bytes).to_le_bytes());
+    let res = crate::faults::check(dir, crate::faults::Op::Marker).and_then(|()| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)
+    });
+    res.map_err(|e| LogError::io("write durable-end marker", &path, e))?;
+    sync_dir(dir)
+}
+
+/// Honours a durable-end marker left by a failed write or fsync: cuts the
+/// named segment there (and deletes newer ones, which cannot hold durable
+/// data either), makes that durable, then removes the marker.
+fn apply_durable_end(dir: &Path, bases: &mut Vec<u64>) -> Result<(), LogError> {
+    let path = dir.join(DURABLE_END_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(LogError::io("read durable-end marker", &path, e)),
+    };
+    let field = |at: usize| {
+        bytes
+            .get(at..at + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_le_bytes)
+    };
+    let crc_ok = bytes.len() == 28
+        && bytes.get(24..28).and_then(|b| <[u8; 4]>::try_from(b).ok())
+            == Some(crc32c::crc32c(bytes.get(..24).unwrap_or_default()).to_le_bytes());
+    let (Some(base), Some(offset), true, true) = (
+        field(8),
+        field(16),
+        crc_ok,
+        bytes.get(..8) == Some(&DURABLE_END_MAGIC[..]),
+    ) else {
+        // Written by rename after an fsync: it is whole or absent.
+        return Err(LogError::Corrupt {
+            segment: path,
+            offset: 0,
+        });
+    };
+    for &newer in bases.iter().filter(|b| **b > base).rev() {
+        warn!(
+            segment = newer,
+            "change log recovery: deleting a segment written after a failed fsync"
+        );
+        remove_if_exists(&dir.join(segment_file_name(newer)))?;
+        remove_if_exists(&dir.join(index_file_name(newer)))?;
+    }
+    bases.retain(|b| *b <= base);
+    let seg_path = dir.join(segment_file_name(base));
+    if let Ok(file) = OpenOptions::new().write(true).open(&seg_path) {
+        let len = file
+            .metadata()
+            .map_err(|e| LogError::io("stat", &seg_path, e))?
+            .len();
+        if len > offset {
+            warn!(segment = %seg_path.display(), from = len, to = offset, "change log recovery: cutting what a failed fsync left unconfirmed");
+            truncate_file(&file, &seg_path, dir, offset)?;
+        }
+        sync_file(&file, &seg_path, dir)?;
+    }
+    sync_dir(dir)?;
+    remove_if_exists(&path)?;
+    sync_dir(dir)
+}
+
+/// The valid header of the segment file at `path`, if any.
+fn scan_header(path: &Path) -> Option<SegmentHeader> {
+    let bytes = {
+        use std::io::Read;
+        let mut f = File::open(path).ok()?;
+        let mut buf = [0u8; SEGMENT_HEADER_LEN];
+        f.read_exact(&mut buf).ok()?;
+        buf
+    };
+    crate::record::decode_segment_header(&bytes).ok()
 }

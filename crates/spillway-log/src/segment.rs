@@ -50,6 +50,26 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogError> {
         .map_err(|e| LogError::io("fsync directory", dir, e))
 }
 
+/// fsyncs a segment file (data and metadata, e.g. its length after a
+/// truncation). `dir` is the log directory (for fault injection in tests).
+pub(crate) fn sync_file(file: &File, path: &Path, dir: &Path) -> Result<(), LogError> {
+    crate::faults::check(dir, crate::faults::Op::Fsync)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| LogError::io("fsync", path, e))
+}
+
+/// Truncates a segment file to `len` bytes (not yet durable: fsync after).
+pub(crate) fn truncate_file(
+    file: &File,
+    path: &Path,
+    dir: &Path,
+    len: u64,
+) -> Result<(), LogError> {
+    crate::faults::check(dir, crate::faults::Op::Truncate)
+        .and_then(|()| file.set_len(len))
+        .map_err(|e| LogError::io("truncate", path, e))
+}
+
 /// One segment as known to readers and the writer.
 #[derive(Debug)]
 pub(crate) struct Segment {

@@ -3,6 +3,9 @@
 
 use super::*;
 
+const EIO: i32 = 5;
+const ENOSPC: i32 = 28;
+
 fn rec(lsn: u64, tx_end: bool) -> AppendRecord {
     AppendRecord {
         lsn,
@@ -23,26 +26,26 @@ async fn failed_fsync_poisons_the_log() {
     w.flush().await.unwrap();
     assert_eq!(log.committed_lsn(), 1);
 
-    test_hooks::fail_fsync_in(dir.path());
+    faults::inject(dir.path(), faults::Op::Fsync, EIO);
     w.append(rec(2, true)).await.unwrap();
     // The group commit may fail before or while the flush is handled.
     assert!(matches!(
         w.flush().await,
-        Err(LogError::Io { op: "fsync", .. } | LogError::Poisoned)
+        Err(LogError::Io { op: "fsync", .. } | LogError::Poisoned { .. })
     ));
     assert!(log.is_poisoned());
     assert!(matches!(
         w.append(rec(3, true)).await,
-        Err(LogError::Poisoned)
+        Err(LogError::Poisoned { .. })
     ));
-    assert!(matches!(w.flush().await, Err(LogError::Poisoned)));
+    assert!(matches!(w.flush().await, Err(LogError::Poisoned { .. })));
     assert!(matches!(
         w.discard_uncommitted().await,
-        Err(LogError::Poisoned)
+        Err(LogError::Poisoned { .. })
     ));
     // Never pretend: the failed record did not become visible.
     assert_eq!(log.committed_lsn(), 1);
-    assert!(matches!(w.close().await, Err(LogError::Poisoned)));
+    assert!(matches!(w.close().await, Err(LogError::Poisoned { .. })));
 }
 
 #[tokio::test]
@@ -63,19 +66,20 @@ async fn failed_discard_poisons_the_log() {
     for lsn in 61..=400 {
         w.append(rec(lsn, false)).await.unwrap();
     }
-    test_hooks::fail_fsync_in(dir.path());
+    faults::inject(dir.path(), faults::Op::Fsync, EIO);
     assert!(matches!(
         w.discard_uncommitted().await,
-        Err(LogError::Poisoned | LogError::Io { .. })
+        Err(LogError::Poisoned { .. } | LogError::Io { .. })
     ));
     assert!(log.is_poisoned());
     assert!(matches!(
         w.append(rec(6, true)).await,
-        Err(LogError::Poisoned)
+        Err(LogError::Poisoned { .. })
     ));
     assert_eq!(log.committed_lsn(), 5);
-    assert!(matches!(w.close().await, Err(LogError::Poisoned)));
+    assert!(matches!(w.close().await, Err(LogError::Poisoned { .. })));
     drop(log);
+    faults::clear(dir.path(), faults::Op::Fsync);
     // Recovery makes the cut the discard could not make.
     let (log, w) = ChangeLog::open(LogOptions::new(dir.path())).unwrap();
     assert_eq!(log.committed_lsn(), 5);
@@ -131,5 +135,132 @@ async fn segment_deleted_under_a_reader_counts_as_trimmed() {
         r.read_batch(10, usize::MAX),
         Err(LogError::Trimmed { requested: 1, oldest: o }) if o == oldest
     ));
+    w.close().await.unwrap();
+}
+
+fn seg_len(dir: &std::path::Path) -> u64 {
+    let mut segs: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segs.sort();
+    std::fs::metadata(segs.last().unwrap()).unwrap().len()
+}
+
+/// Issue 8.1: what recovery keeps must be on disk before it is published
+/// (and confirmed). A clean close leaves nothing to truncate, so recovery
+/// used to fsync nothing; an injected fsync failure now fails the open.
+#[tokio::test]
+async fn recovery_fsyncs_what_it_keeps_before_publishing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, mut w) = ChangeLog::open(LogOptions::new(dir.path())).unwrap();
+    for lsn in 1..=3 {
+        w.append(rec(lsn, true)).await.unwrap();
+    }
+    w.close().await.unwrap();
+    drop(log);
+    faults::inject(dir.path(), faults::Op::Fsync, EIO);
+    let err = ChangeLog::open(LogOptions::new(dir.path())).unwrap_err();
+    assert!(
+        matches!(&err, LogError::Io { op: "fsync", .. }),
+        "open must fsync the kept segment: {err:?}"
+    );
+    faults::clear(dir.path(), faults::Op::Fsync);
+    let (log, w) = ChangeLog::open(LogOptions::new(dir.path())).unwrap();
+    assert_eq!(log.committed_lsn(), 3);
+    w.close().await.unwrap();
+}
+
+/// Issue 8.2 ("fsyncgate"): after a failed fsync the bytes written since the
+/// last good fsync are cut off at once, so that a restart in the same boot
+/// (page cache intact) cannot read them back and confirm them; the error
+/// names the root cause.
+#[tokio::test]
+async fn failed_fsync_cuts_back_to_the_durable_end_and_names_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, mut w) = ChangeLog::open(LogOptions::new(dir.path())).unwrap();
+    w.append(rec(1, true)).await.unwrap();
+    w.flush().await.unwrap();
+    let durable_len = seg_len(dir.path());
+    faults::inject(dir.path(), faults::Op::Fsync, EIO);
+    // The group commit runs in the background: an append may already fail.
+    for lsn in 2..=5 {
+        if w.append(rec(lsn, lsn == 5)).await.is_err() {
+            break;
+        }
+    }
+    let _ = w.flush().await;
+    let err = w.append(rec(6, true)).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("Input/output error") && msg.contains("fsync"),
+        "{msg}"
+    );
+    assert_eq!(log.committed_lsn(), 1);
+    let _ = w.close().await;
+    // The writer thread has stopped: the cut is made.
+    assert_eq!(seg_len(dir.path()), durable_len);
+    drop(log);
+    faults::clear(dir.path(), faults::Op::Fsync);
+    let (log, w) = ChangeLog::open(LogOptions::new(dir.path())).unwrap();
+    assert_eq!(log.committed_lsn(), 1);
+    assert_eq!(w.next_lsn(), 2);
+    w.close().await.unwrap();
+}
+
+/// Issue 8.2: when the cut after a failed fsync fails too, a durable-end
+/// marker makes the next open cut there.
+#[tokio::test]
+async fn failed_cut_leaves_a_marker_that_recovery_honours() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, mut w) = ChangeLog::open(LogOptions::new(dir.path())).unwrap();
+    w.append(rec(1, true)).await.unwrap();
+    w.append(rec(2, true)).await.unwrap();
+    w.flush().await.unwrap();
+    let durable_len = seg_len(dir.path());
+    faults::inject(dir.path(), faults::Op::Fsync, EIO);
+    faults::inject(dir.path(), faults::Op::Truncate, EIO);
+    for lsn in 3..=9 {
+        if w.append(rec(lsn, true)).await.is_err() {
+            break;
+        }
+    }
+    assert!(w.flush().await.is_err());
+    let _ = w.close().await;
+    drop(log);
+    // The bytes are still there (the cut failed), the marker says where to cut.
+    assert!(seg_len(dir.path()) > durable_len);
+    assert!(dir.path().join(recovery::DURABLE_END_FILE).exists());
+    faults::clear(dir.path(), faults::Op::Fsync);
+    faults::clear(dir.path(), faults::Op::Truncate);
+    let (log, w) = ChangeLog::open(LogOptions::new(dir.path())).unwrap();
+    assert_eq!(log.committed_lsn(), 2);
+    assert_eq!(seg_len(dir.path()), durable_len);
+    assert!(!dir.path().join(recovery::DURABLE_END_FILE).exists());
+    w.close().await.unwrap();
+}
+
+/// Issue 8.2: a failed write (disk full) poisons the log with ENOSPC named
+/// in the error, and nothing of the failed group survives a reopen.
+#[tokio::test]
+async fn disk_full_on_write_names_enospc_and_keeps_only_durable_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, mut w) = ChangeLog::open(LogOptions::new(dir.path())).unwrap();
+    w.append(rec(1, true)).await.unwrap();
+    w.flush().await.unwrap();
+    faults::inject(dir.path(), faults::Op::Write, ENOSPC);
+    if w.append(rec(2, true)).await.is_ok() {
+        assert!(w.flush().await.is_err());
+    }
+    // Every later call names the root cause, not only the first failure.
+    let err = w.append(rec(3, true)).await.unwrap_err();
+    assert!(matches!(err, LogError::Poisoned { .. }), "{err:?}");
+    assert!(err.to_string().contains("No space left on device"), "{err}");
+    let _ = w.close().await;
+    drop(log);
+    faults::clear(dir.path(), faults::Op::Write);
+    let (log, w) = ChangeLog::open(LogOptions::new(dir.path())).unwrap();
+    assert_eq!(log.committed_lsn(), 1);
     w.close().await.unwrap();
 }

@@ -19,8 +19,8 @@ use crate::record::{
 };
 use crate::recovery::create_segment_file;
 use crate::segment::{
-    publish_index, remove_if_exists, scan_segment, sync_dir, write_file_atomically, ScanStop,
-    Segment,
+    publish_index, remove_if_exists, scan_segment, sync_dir, sync_file, truncate_file,
+    write_file_atomically, ScanStop, Segment,
 };
 use crate::{AppendRecord, CommitPosition, Shared};
 
@@ -108,6 +108,8 @@ impl LogWriter {
             next_lsn,
         };
         let sync = Arc::new(SyncShared::default());
+        // Recovery made the active segment durable as it is.
+        lock(&sync.state).durable_end = (seg.base_lsn, index.end_offset);
         let syncer = Syncer {
             shared: shared.clone(),
             sync: sync.clone(),
@@ -162,7 +164,7 @@ impl LogWriter {
 
     fn stopped_error(&self) -> LogError {
         if self.shared.poisoned.load(Ordering::Acquire) {
-            LogError::Poisoned
+            self.shared.poisoned_error()
         } else {
             LogError::Closed
         }
@@ -188,7 +190,7 @@ impl LogWriter {
             self.settle_discard().await?;
         }
         if self.shared.poisoned.load(Ordering::Acquire) {
-            return Err(LogError::Poisoned);
+            return Err(self.shared.poisoned_error());
         }
         if rec.lsn != self.next_lsn {
             return Err(LogError::LsnMismatch {
@@ -276,7 +278,7 @@ impl LogWriter {
         self.staged_bytes = 0;
         self.settle_discard().await?;
         if self.shared.poisoned.load(Ordering::Acquire) {
-            return Err(LogError::Poisoned);
+            return Err(self.shared.poisoned_error());
         }
         let (reply_tx, reply_rx) = oneshot::channel();
         self.send(Cmd::DiscardUncommitted(reply_tx)).await?;
@@ -321,7 +323,8 @@ impl LogWriter {
         if let Some(thread) = self.thread.take() {
             if thread.join().is_err() {
                 error!("change log writer thread panicked");
-                self.shared.poisoned.store(true, Ordering::Release);
+                self.shared
+                    .poison_msg("the change log writer thread panicked".into());
             }
         }
     }
@@ -345,6 +348,8 @@ type Reply = oneshot::Sender<Result<(), LogError>>;
 struct SyncJob {
     file: Arc<File>,
     seg: Arc<Segment>,
+    /// Length of `file` when the job was (last) extended: durable once done.
+    end_offset: u64,
     /// Last tx_end record written before this request.
     commit: Option<CommitPosition>,
     records: u64,
@@ -360,6 +365,9 @@ struct SyncState {
     busy: bool,
     failed: bool,
     stop: bool,
+    /// The active segment (base lsn) is known durable up to this offset:
+    /// what a failed write or fsync cuts the file back to.
+    durable_end: (u64, u64),
 }
 
 #[derive(Default)]
@@ -400,15 +408,19 @@ impl Syncer {
                 st.busy_bytes = job.bytes;
                 job
             };
+            let end = (job.seg.base_lsn, job.end_offset);
             let ok = self.sync_job(job);
             let mut st = lock(&self.sync.state);
             st.busy = false;
             st.busy_bytes = 0;
+            if ok {
+                st.durable_end = end;
+            }
             if !ok {
                 st.failed = true;
                 if let Some(job) = st.pending.take() {
                     for w in job.waiters {
-                        let _ = w.send(Err(LogError::Poisoned));
+                        let _ = w.send(Err(self.shared.poisoned_error()));
                     }
                 }
             }
@@ -422,20 +434,21 @@ impl Syncer {
     /// fsyncs and publishes one job; false if the fsync failed.
     fn sync_job(&mut self, job: SyncJob) -> bool {
         let started = Instant::now();
-        let res = job.file.sync_data();
-        #[cfg(test)]
-        let res = res.and_then(|()| crate::test_hooks::check_fsync(&self.shared.opts.dir));
+        let res = crate::faults::check(&self.shared.opts.dir, crate::faults::Op::Fsync)
+            .and_then(|()| job.file.sync_data());
         if let Err(e) = res {
             // Never retry: after a failed fsync the state of the written
-            // pages is unknown. Recovery at the next open decides.
-            self.shared.poisoned.store(true, Ordering::Release);
+            // pages is unknown (the kernel may have marked them clean). The
+            // writer cuts the segment back to what is known durable.
+            self.shared
+                .poison(&LogError::io("fsync", &job.seg.path, io_clone(&e)));
             error!(error = %e, segment = %job.seg.path.display(), "change log fsync failed; the log is poisoned until reopened");
             let mut waiters = job.waiters.into_iter();
             if let Some(first) = waiters.next() {
                 let _ = first.send(Err(LogError::io("fsync", &job.seg.path, e)));
             }
             for w in waiters {
-                let _ = w.send(Err(LogError::Poisoned));
+                let _ = w.send(Err(self.shared.poisoned_error()));
             }
             return false;
         }
@@ -502,7 +515,8 @@ impl Drop for WriterThread {
         self.sync.cond.notify_all();
         if let Some(syncer) = self.syncer.take() {
             if syncer.join().is_err() {
-                self.shared.poisoned.store(true, Ordering::Release);
+                self.shared
+                    .poison_msg("the change log sync thread panicked".into());
                 error!("change log sync thread panicked");
             }
         }
@@ -512,17 +526,19 @@ impl Drop for WriterThread {
 impl WriterThread {
     fn run(mut self) {
         if let Err(e) = self.run_inner() {
-            self.shared.poisoned.store(true, Ordering::Release);
+            self.shared.poison(&e);
+            let e = self.shared.poisoned_error();
             error!(error = %e, dir = %self.shared.opts.dir.display(), "change log writer stopped; the log is poisoned until reopened");
+            self.cut_to_durable();
             // Fail whoever waits on a flush; appends now fail on send.
             self.rx.close();
             while let Ok(cmd) = self.rx.try_recv() {
                 match cmd {
                     Cmd::Flush(reply) | Cmd::Close(reply) => {
-                        let _ = reply.send(Err(LogError::Poisoned));
+                        let _ = reply.send(Err(self.shared.poisoned_error()));
                     }
                     Cmd::DiscardUncommitted(reply) => {
-                        let _ = reply.send(Err(LogError::Poisoned));
+                        let _ = reply.send(Err(self.shared.poisoned_error()));
                     }
                     Cmd::Append(_) => {}
                 }
@@ -558,15 +574,15 @@ impl WriterThread {
                     Cmd::DiscardUncommitted(reply) => {
                         let res = self.discard_uncommitted();
                         let failed = res.is_err();
-                        if failed {
+                        if let Err(e) = &res {
                             // Before replying, so the caller sees it.
-                            self.shared.poisoned.store(true, Ordering::Release);
+                            self.shared.poison(e);
                         }
                         let _ = reply.send(res);
                         if failed {
                             // The files may be half cut: stop here; the
                             // next open recovers to the same cut.
-                            return Err(LogError::Poisoned);
+                            return Err(self.shared.poisoned_error());
                         }
                     }
                     Cmd::Close(reply) => {
@@ -574,7 +590,7 @@ impl WriterThread {
                         let failed = res.is_err();
                         let _ = reply.send(res);
                         return if failed {
-                            Err(LogError::Poisoned)
+                            Err(self.shared.poisoned_error())
                         } else {
                             Ok(())
                         };
@@ -590,8 +606,57 @@ impl WriterThread {
         }
     }
 
+    /// After a failed write or fsync: stops the sync thread, then cuts the
+    /// active segment back to the last offset a successful fsync covered,
+    /// so that no later open (in this boot, while the page cache still
+    /// holds bytes the disk may never have received) reads them back and
+    /// confirms them. If the cut itself fails, a durable-end marker tells
+    /// the next open to make it; if even that fails, the error says so.
+    fn cut_to_durable(&mut self) {
+        {
+            let mut st = lock(&self.sync.state);
+            st.stop = true;
+            self.sync.cond.notify_all();
+            // Let an fsync in progress finish (its outcome decides the end).
+            while st.busy {
+                st = self.sync.wait(st);
+            }
+        }
+        if let Some(syncer) = self.syncer.take() {
+            if syncer.join().is_err() {
+                error!("change log sync thread panicked");
+            }
+        }
+        let (base, offset) = lock(&self.sync.state).durable_end;
+        let dir = self.shared.opts.dir.clone();
+        let path = self.seg.path.clone();
+        let cut = if base == self.seg.base_lsn {
+            truncate_file(&self.file, &path, &dir, offset)
+                .and_then(|()| sync_file(&self.file, &path, &dir))
+        } else {
+            Err(LogError::Corrupt {
+                segment: path.clone(),
+                offset,
+            })
+        };
+        match cut {
+            Ok(()) => {
+                info!(segment = %path.display(), offset, "change log: cut the active segment back to its last durable byte");
+            }
+            Err(e) => match crate::recovery::write_durable_end(&dir, base, offset) {
+                Ok(()) => {
+                    warn!(error = %e, segment = base, offset, "change log: could not cut the active segment back; the next open cuts it (durable-end marker written)");
+                }
+                Err(e2) => {
+                    error!(error = %e, marker_error = %e2, segment = %path.display(), offset,
+                        "change log: could neither cut the active segment back to its last durable byte nor record where that is; before restarting, truncate this segment to this offset (bytes after it may never have reached the disk)");
+                }
+            },
+        }
+    }
+
     fn poison(&self, e: LogError) -> LogError {
-        self.shared.poisoned.store(true, Ordering::Release);
+        self.shared.poison(&e);
         e
     }
 
@@ -656,7 +721,9 @@ impl WriterThread {
         if self.buf.is_empty() {
             return Ok(());
         }
-        if let Err(e) = (&*self.file).write_all(&self.buf) {
+        let res = crate::faults::check(&self.shared.opts.dir, crate::faults::Op::Write)
+            .and_then(|()| (&*self.file).write_all(&self.buf));
+        if let Err(e) = res {
             return Err(self.poison(LogError::io("write", &self.seg.path, e)));
         }
         self.buf.clear();
@@ -681,9 +748,9 @@ impl WriterThread {
         let mut st = lock(&self.sync.state);
         if st.failed {
             if let Some(reply) = reply {
-                let _ = reply.send(Err(LogError::Poisoned));
+                let _ = reply.send(Err(self.shared.poisoned_error()));
             }
-            return Err(LogError::Poisoned);
+            return Err(self.shared.poisoned_error());
         }
         if self.unsynced_bytes == 0 && st.pending.is_none() && !st.busy {
             // A flush with nothing outstanding.
@@ -695,12 +762,14 @@ impl WriterThread {
         let job = st.pending.get_or_insert_with(|| SyncJob {
             file: self.file.clone(),
             seg: self.seg.clone(),
+            end_offset: 0,
             commit: None,
             records: 0,
             bytes: 0,
             waiters: Vec::new(),
         });
         job.commit = self.last_commit;
+        job.end_offset = self.index.end_offset;
         job.records += self.unsynced_records;
         job.bytes += self.unsynced_bytes;
         job.waiters.extend(reply);
@@ -715,7 +784,7 @@ impl WriterThread {
             st = self.sync.wait(st);
         }
         if st.failed {
-            return Err(LogError::Poisoned);
+            return Err(self.shared.poisoned_error());
         }
         Ok(())
     }
@@ -727,7 +796,7 @@ impl WriterThread {
             st = self.sync.wait(st);
         }
         if st.failed {
-            return Err(LogError::Poisoned);
+            return Err(self.shared.poisoned_error());
         }
         Ok(())
     }
@@ -756,7 +825,15 @@ impl WriterThread {
         let index = SegmentIndex::new(base);
         let seg = Arc::new(Segment::new(&dir, index.clone(), 0));
         write(&self.shared.segments).push(seg.clone());
+        lock(&self.sync.state).durable_end = (base, SEGMENT_HEADER_LEN as u64);
         self.shared.stats.rolls.fetch_add(1, Ordering::Relaxed);
+        // The size cap is a bound, not a hope: enforced at every seal, not
+        // only when the periodic retention task runs.
+        if let Some(max_bytes) = self.shared.opts.max_bytes {
+            if let Err(e) = self.shared.enforce_max_bytes(max_bytes) {
+                warn!(error = %e, "change log: enforcing max_bytes at a segment seal failed; retention retries");
+            }
+        }
         debug!(base, "change log: rolled to a new segment");
         self.seg = seg;
         self.file = Arc::new(file);
@@ -873,6 +950,7 @@ impl WriterThread {
             offset: cut,
             next_lsn: first,
         };
+        lock(&self.sync.state).durable_end = (self.seg.base_lsn, cut);
         // Readers may have buffered bytes of the removed records (they read
         // ahead of the committed lsn); this makes them drop their open
         // segment before reading anything at the reused lsns.
@@ -903,4 +981,12 @@ impl Shared {
         }
         self.committed_tx.send_replace(pos.lsn);
     }
+}
+
+/// A copy of an I/O error (keeping the OS error code).
+fn io_clone(e: &std::io::Error) -> std::io::Error {
+    e.raw_os_error().map_or_else(
+        || std::io::Error::new(e.kind(), e.to_string()),
+        std::io::Error::from_raw_os_error,
+    )
 }

@@ -15,6 +15,7 @@ fn opts(dir: &Path, segment_bytes: u64) -> LogOptions {
         segment_bytes,
         channel_capacity: 64,
         index_interval_bytes: 512,
+        max_bytes: None,
     }
 }
 
@@ -401,23 +402,225 @@ async fn torn_tail_recovers_to_last_complete_transaction() {
     }
 }
 
+fn flip_byte(path: &Path, at: u64) {
+    let mut bytes = fs::read(path).unwrap();
+    bytes[at as usize] ^= 0x40;
+    fs::write(path, &bytes).unwrap();
+}
+
+/// Issue 8.3: damage followed by valid records is refused (it used to be
+/// cut, deleting confirmed transactions); the file is left as it is, and
+/// `repair` makes the cut on request, keeping the cut-off bytes.
 #[tokio::test]
-async fn corrupt_tail_is_truncated() {
+async fn corruption_followed_by_valid_records_is_refused_then_repaired() {
     let dir = tempfile::tempdir().unwrap();
     build_log(dir.path(), 1 << 20, 50, 5).await;
     let seg = files_with_ext(dir.path(), "seg").pop().unwrap();
     let records = record_offsets(&seg);
-    // Flip a payload byte of lsn 48 (tx 46..=50 becomes the corrupt tail).
+    // Flip a payload byte of lsn 48: lsns 49 and 50 (durable) follow it.
     let (lsn, start, _) = records[47];
     assert_eq!(lsn, 48);
-    let mut bytes = fs::read(&seg).unwrap();
-    bytes[start as usize + 50] ^= 0x40;
-    fs::write(&seg, &bytes).unwrap();
+    flip_byte(&seg, start + 50);
+    let before = fs::read(&seg).unwrap();
+    for _ in 0..2 {
+        match ChangeLog::open(opts(dir.path(), 1 << 20)) {
+            Err(LogError::Damaged {
+                segment, offset, ..
+            }) => {
+                assert_eq!(segment, seg);
+                assert_eq!(offset, start);
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a damaged log with valid records after the damage was opened"),
+        }
+        assert_eq!(
+            fs::read(&seg).unwrap(),
+            before,
+            "refusing must not change the file"
+        );
+    }
+    let err = ChangeLog::open(opts(dir.path(), 1 << 20))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("spillway admin cdc repair") && err.contains(&start.to_string()),
+        "{err}"
+    );
+
+    let report = spillway_log::repair(&opts(dir.path(), 1 << 20)).unwrap();
+    assert_eq!(report.cuts.len(), 1);
+    assert_eq!(report.cuts[0].offset, start);
+    assert_eq!(
+        fs::read(&report.cuts[0].saved_as).unwrap(),
+        before[start as usize..]
+    );
     let (log, w) = ChangeLog::open(opts(dir.path(), 1 << 20)).unwrap();
     assert_eq!(log.committed_lsn(), 45);
     assert_eq!(w.next_lsn(), 46);
-    assert_eq!(fs::metadata(&seg).unwrap().len(), records[44].2);
     check_records(&read_all(&log, 1).unwrap(), 1);
+    w.close().await.unwrap();
+    drop(log);
+    // Nothing left to repair.
+    assert!(spillway_log::repair(&opts(dir.path(), 1 << 20))
+        .unwrap()
+        .cuts
+        .is_empty());
+}
+
+/// Damage in the last record, with nothing valid after it, is a torn tail.
+#[tokio::test]
+async fn corrupt_last_record_is_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    build_log(dir.path(), 1 << 20, 50, 5).await;
+    let seg = files_with_ext(dir.path(), "seg").pop().unwrap();
+    let records = record_offsets(&seg);
+    let (_, start, _) = records[49];
+    flip_byte(&seg, start + 45);
+    let (log, w) = ChangeLog::open(opts(dir.path(), 1 << 20)).unwrap();
+    assert_eq!(log.committed_lsn(), 45);
+    assert_eq!(fs::metadata(&seg).unwrap().len(), records[44].2);
+    w.close().await.unwrap();
+}
+
+/// A whole unwritten block (zeros) with valid records after it is what a
+/// crash during write-back leaves: a torn tail, not damage.
+#[tokio::test]
+async fn unwritten_block_before_later_records_is_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    build_log(dir.path(), 1 << 20, 400, 5).await;
+    let seg = files_with_ext(dir.path(), "seg").pop().unwrap();
+    let records = record_offsets(&seg);
+    let mut bytes = fs::read(&seg).unwrap();
+    assert!(bytes.len() > 3 * 4096);
+    bytes[8192..12288].fill(0);
+    fs::write(&seg, &bytes).unwrap();
+    // The last complete transaction before the hole survives.
+    let last_whole = records.iter().filter(|r| r.2 <= 8192).count() as u64;
+    let expect = last_whole - last_whole % 5;
+    let (log, w) = ChangeLog::open(opts(dir.path(), 1 << 20)).unwrap();
+    assert_eq!(log.committed_lsn(), expect);
+    check_records(&read_all(&log, 1).unwrap(), 1);
+    w.close().await.unwrap();
+}
+
+/// Recovery never cuts into a sealed segment: damage there (reached because
+/// the newest segment holds only an unfinished transaction) is refused.
+#[tokio::test]
+async fn damage_in_a_sealed_segment_is_refused_not_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_log, mut w) = ChangeLog::open(opts(dir.path(), 1024)).unwrap();
+        append_range(&mut w, 1, 40, 4).await;
+        for lsn in 41..=60 {
+            w.append(rec(lsn, false)).await.unwrap();
+        }
+        w.flush().await.unwrap();
+    }
+    let segs = files_with_ext(dir.path(), "seg");
+    // The newest segment holds no transaction end; damage the one before.
+    let newest = segs.last().unwrap();
+    assert!(record_offsets(newest).iter().all(|r| r.0 > 40));
+    let victim = &segs[segs.len() - 2];
+    let (_, start, _) = record_offsets(victim)[0];
+    flip_byte(victim, start + 45);
+    match ChangeLog::open(opts(dir.path(), 1024)) {
+        Err(LogError::Damaged { segment, .. }) => assert_eq!(&segment, victim),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("recovery cut into a sealed segment"),
+    }
+    assert_eq!(files_with_ext(dir.path(), "seg"), segs);
+}
+
+/// Issue 8.3: a checkpoint beyond the log's end (here after a repair) is
+/// reset to the end with a pending requery, never left to skip silently.
+#[tokio::test]
+async fn checkpoint_beyond_the_end_is_reset_with_a_pending_requery() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (log, mut w) = ChangeLog::open(opts(dir.path(), 1 << 20)).unwrap();
+        append_range(&mut w, 1, 50, 5).await;
+        w.flush().await.unwrap();
+        log.checkpoints().set("ahead", 50, false).unwrap();
+        log.checkpoints().set("behind", 30, false).unwrap();
+        w.close().await.unwrap();
+    }
+    let seg = files_with_ext(dir.path(), "seg").pop().unwrap();
+    let (_, start, _) = record_offsets(&seg)[47];
+    flip_byte(&seg, start + 50);
+    spillway_log::repair(&opts(dir.path(), 1 << 20)).unwrap();
+    let (log, w) = ChangeLog::open(opts(dir.path(), 1 << 20)).unwrap();
+    assert_eq!(log.committed_lsn(), 45);
+    let cps = log.checkpoints();
+    assert_eq!(cps.get("ahead").unwrap().unwrap().lsn, 45);
+    assert_eq!(
+        cps.pending_requery("ahead").unwrap(),
+        Some(spillway_log::PendingRequery {
+            requested_lsn: 51,
+            resume_lsn: 46
+        })
+    );
+    assert_eq!(cps.get("behind").unwrap().unwrap().lsn, 30);
+    assert_eq!(cps.pending_requery("behind").unwrap(), None);
+    cps.clear_requery("ahead").unwrap();
+    assert_eq!(cps.pending_requery("ahead").unwrap(), None);
+    w.close().await.unwrap();
+}
+
+/// Issue 8.3: a start time inside the trimmed range must not start silently
+/// at the oldest retained record — also after a reopen.
+#[tokio::test]
+async fn timestamp_inside_the_trimmed_range_maps_below_the_oldest_lsn() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (log, mut w) = ChangeLog::open(opts(dir.path(), 2048)).unwrap();
+        append_range(&mut w, 1, 600, 5).await;
+        w.flush().await.unwrap();
+        log.trim_before(300).unwrap();
+        let oldest = log.oldest_lsn();
+        assert!(oldest > 20 && oldest <= 300);
+        let ts20 = rec(20, false).timestamp_us;
+        assert_eq!(log.lsn_for_timestamp(ts20).unwrap(), oldest - 1);
+        // A time after everything trimmed still maps exactly.
+        let ts = rec(oldest + 10, false).timestamp_us;
+        assert_eq!(log.lsn_for_timestamp(ts).unwrap(), oldest + 10);
+        w.close().await.unwrap();
+    }
+    let (log, w) = ChangeLog::open(opts(dir.path(), 2048)).unwrap();
+    let oldest = log.oldest_lsn();
+    assert_eq!(
+        log.lsn_for_timestamp(rec(20, false).timestamp_us).unwrap(),
+        oldest - 1
+    );
+    assert_eq!(
+        log.lsn_for_timestamp(rec(oldest + 10, false).timestamp_us)
+            .unwrap(),
+        oldest + 10
+    );
+    w.close().await.unwrap();
+}
+
+/// Issue 8.9: `max_bytes` holds at every segment seal, without waiting for
+/// a retention run.
+#[tokio::test]
+async fn max_bytes_is_enforced_when_a_segment_is_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(dir.path(), 4096);
+    let cap = 5 * 4096;
+    o.max_bytes = Some(cap);
+    let (log, mut w) = ChangeLog::open(o).unwrap();
+    log.checkpoints().set("slow", 0, false).unwrap();
+    let mut peak = 0;
+    for chunk in 0..40u64 {
+        append_range(&mut w, chunk * 50 + 1, chunk * 50 + 50, 5).await;
+        w.flush().await.unwrap();
+        peak = peak.max(dir_bytes(dir.path()));
+    }
+    // The cap plus the segment being sealed (and its index) at most.
+    assert!(
+        peak <= cap + 4096 + 1024,
+        "peak {peak} exceeds max_bytes {cap} by more than a segment"
+    );
+    assert!(log.oldest_lsn() > 1);
     w.close().await.unwrap();
 }
 
@@ -547,6 +750,7 @@ async fn index_seeks_land_exactly_and_time_lookup_works() {
         segment_bytes: 256 * 1024,
         channel_capacity: 128,
         index_interval_bytes: 1024,
+        max_bytes: None,
     })
     .unwrap();
     append_range(&mut w, 1, 5000, 10).await;
@@ -667,12 +871,20 @@ async fn trim_deletes_only_whole_old_segments() {
         }) => assert_eq!(oldest, bases[3]),
         other => panic!("{other:?}"),
     }
-    // A new reader from before the oldest is clamped.
-    let all = read_all(&log, 1).unwrap();
+    // A new reader from before the oldest is told, never moved up silently.
+    match read_all(&log, 1) {
+        Err(LogError::Trimmed {
+            requested: 1,
+            oldest,
+        }) => assert_eq!(oldest, bases[3]),
+        other => panic!("{other:?}"),
+    }
+    let all = read_all(&log, bases[3]).unwrap();
     assert_eq!(all[0].lsn, bases[3]);
     assert_eq!(all.last().unwrap().lsn, 600);
     check_records(&all, bases[3]);
-    assert_eq!(log.lsn_for_timestamp(0).unwrap(), bases[3]);
+    // A time inside the trimmed range maps below the oldest lsn.
+    assert_eq!(log.lsn_for_timestamp(0).unwrap(), bases[3] - 1);
 
     // Trimming everything keeps the active segment.
     let report = log.trim_before(u64::MAX).unwrap();
@@ -1087,6 +1299,7 @@ async fn run_model(seed: u64, steps: usize) {
         segment_bytes: seg_bytes,
         channel_capacity: 1 + rng.below(64) as usize,
         index_interval_bytes: 1 + rng.below(700),
+        max_bytes: None,
     };
     // Every record appended in the current history (a prefix of it is visible).
     let mut history: Vec<AppendRecord> = Vec::new();
@@ -1663,7 +1876,8 @@ async fn retention_by_age_deletes_old_sealed_segments_only() {
         .unwrap();
     assert_eq!(report.segments_deleted, bases.len() - 5);
     assert_eq!(segment_bases(dir.path()), vec![*bases.last().unwrap()]);
-    let all = read_all(&log, 1).unwrap();
+    assert!(matches!(read_all(&log, 1), Err(LogError::Trimmed { .. })));
+    let all = read_all(&log, log.oldest_lsn()).unwrap();
     assert_eq!(all[0].lsn, *bases.last().unwrap());
     assert_eq!(all.last().unwrap().lsn, 600);
     w.close().await.unwrap();

@@ -406,9 +406,10 @@ fn now_us() -> i64 {
 /// Log errors by consequence.
 fn log_error(e: LogError) -> SinkError {
     match e {
-        LogError::Corrupt { .. } | LogError::Poisoned | LogError::InvalidCheckpointName { .. } => {
-            SinkError::Fatal(e.to_string())
-        }
+        LogError::Corrupt { .. }
+        | LogError::Damaged { .. }
+        | LogError::Poisoned { .. }
+        | LogError::InvalidCheckpointName { .. } => SinkError::Fatal(e.to_string()),
         other => SinkError::Transient(other.to_string()),
     }
 }
