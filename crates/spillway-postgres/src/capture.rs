@@ -163,7 +163,10 @@ pub async fn run(
     }
 }
 
-/// Creates publication and slot as needed and checks `wal_level`. Used by `run` and tests.
+/// Checks `wal_level`, makes the publication send every configured table (see
+/// [`catalog::ensure_publication`]: Spillway's own is brought in line with the config, a
+/// user's that lacks a table is refused) and creates the slot when missing. Runs at start
+/// and before every reconnect. Used by `run` and tests.
 pub async fn prepare(cfg: &CaptureConfig) -> Result<PgConnection, CaptureError> {
     let mut catalog_conn = PgConnection::connect(&cfg.connect, false).await?;
     if let Some(f) = catalog::check_wal_level(&mut catalog_conn).await? {
@@ -172,8 +175,16 @@ pub async fn prepare(cfg: &CaptureConfig) -> Result<PgConnection, CaptureError> 
             fix: f.fix,
         });
     }
-    if catalog::ensure_publication(&mut catalog_conn, &cfg.publication, &cfg.patterns()).await? {
-        tracing::info!(publication = %cfg.publication, "created publication");
+    let plan =
+        catalog::ensure_publication(&mut catalog_conn, &cfg.publication, &cfg.patterns()).await?;
+    if let Some(f) = plan.problem {
+        return Err(CaptureError::Preflight {
+            what: f.what,
+            fix: f.fix,
+        });
+    }
+    for change in &plan.changes {
+        tracing::info!(publication = %cfg.publication, "publication: {change}");
     }
     if catalog::ensure_slot(&mut catalog_conn, &cfg.slot).await? {
         tracing::info!(slot = %cfg.slot, "created replication slot");

@@ -7,5 +7,6 @@
 
 mod cli;
 mod pg;
+mod pg_publication;
 mod pg_stream;
 mod scenarios;
