@@ -354,10 +354,22 @@ impl PgCluster {
         self.spawn()
     }
 
+    /// Immediate shutdown (`SIGQUIT`: every backend, walsenders included, exits at
+    /// once, as in a crash; the next start runs crash recovery), then starts the
+    /// server again on the same port.
+    pub fn restart_immediate(&mut self) -> KitResult<()> {
+        self.stop_with("QUIT");
+        self.spawn()
+    }
+
     /// Fast shutdown; waits for the postmaster to exit.
     pub fn stop(&mut self) {
+        self.stop_with("INT");
+    }
+
+    fn stop_with(&mut self, signal: &str) {
         if let Some(mut child) = self.child.take() {
-            send_signal(child.id(), "INT");
+            send_signal(child.id(), signal);
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {

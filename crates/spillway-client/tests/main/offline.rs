@@ -153,6 +153,7 @@ async fn serve(mut sock: TcpStream, reqs: Arc<Mutex<Vec<Req>>>, handler: Arc<Han
         all.len() - 1
     };
     match handler(n, &req) {
+        // A server that never answers: the silence is the point (no condition to await).
         Reply::Silent => tokio::time::sleep(Duration::from_secs(3600)).await,
         Reply::Json(status, v) => {
             let body = v.to_string();
@@ -182,6 +183,7 @@ async fn serve(mut sock: TcpStream, reqs: Arc<Mutex<Vec<Req>>>, handler: Arc<Han
                         }
                         let _ = sock.flush().await;
                     }
+                    // A scripted pause between chunks (the test's subject: data arriving in pieces).
                     Step::Sleep(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
                     Step::Close => return,
                     Step::End => {
@@ -189,6 +191,7 @@ async fn serve(mut sock: TcpStream, reqs: Arc<Mutex<Vec<Req>>>, handler: Arc<Han
                         return;
                     }
                     Step::Hang => {
+                        // A stalled server keeps the connection open and sends nothing.
                         tokio::time::sleep(Duration::from_secs(3600)).await;
                         return;
                     }

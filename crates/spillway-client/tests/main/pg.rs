@@ -210,6 +210,21 @@ async fn wait_for_lsn(c: &Client, lsn: u64) -> u64 {
     }
 }
 
+/// Waits until nothing accepts connections on `port` (a stopped server's listener is gone).
+async fn wait_refused(port: u16) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_ok()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "port {port} still accepts connections"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The server stops (streams end, connections are refused), rows are written while it is
 /// down, a new server starts on the same port and log: the client, waiting in `next()`
 /// all along, yields exactly the missing rows, each once, in order.
@@ -245,7 +260,8 @@ async fn resumes_across_a_server_restart() {
     });
     a.shutdown();
     a.wait().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await; // refused connections meanwhile
+    // the port refuses connections now, and the rows below are written meanwhile
+    wait_refused(port).await;
     sql(
         &pg,
         "INSERT INTO items SELECT g, 'down' FROM generate_series(6, 8) g",
@@ -421,9 +437,29 @@ mod api {
         )
         .await;
         wait_for_lsn(&c, 4).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // rows 1..3 are captured, so their commits (timestamps from PostgreSQL's
+        // clock, on this machine) are before `t`; rows 4..5 commit once
+        // PostgreSQL's clock is past `t`
         let t = SystemTime::now();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let ts = spillway_client::Timestamp::from(t).as_micros();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let rows = pg
+                .execute(
+                    "shop",
+                    &format!("SELECT (extract(epoch FROM clock_timestamp()) * 1e6)::bigint > {ts}"),
+                )
+                .await
+                .unwrap();
+            if rows[0][0].as_deref() == Some("t") {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the clock never passed {ts}"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         sql(
             &pg,
             "INSERT INTO items SELECT g, 'new' FROM generate_series(4, 5) g",
@@ -432,7 +468,6 @@ mod api {
         let mut s = c.stream_changes().from_timestamp(t).await.unwrap();
         let got = take_changes(&mut s, 2).await;
         assert_eq!(ids(&got), [4, 5]);
-        let ts = spillway_client::Timestamp::from(t).as_micros();
         assert!(changes(&got).iter().all(|c| c.timestamp >= ts));
 
         running.shutdown();

@@ -7,6 +7,7 @@
 
 mod cli;
 mod pg;
+mod pg_durability;
 mod pg_publication;
 mod pg_stream;
 mod scenarios;

@@ -57,6 +57,27 @@ async fn wait_stream(
     }
 }
 
+/// Each sink's error count from `GET /v1/status`.
+async fn sink_errors(api: &str) -> BTreeMap<String, u64> {
+    let s: Value = reqwest::get(format!("http://{api}/v1/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    s["sinks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["name"].as_str().unwrap().to_owned(),
+                k["errors"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 fn body(m: &JetStreamMessage) -> Value {
     serde_json::from_slice(&m.payload).unwrap()
 }
@@ -211,20 +232,41 @@ async fn outages_and_kill_9_under_write_load_lose_nothing_in_any_sink() {
     let changes = |m: &[JetStreamMessage]| m.iter().filter(|m| body(m)["type"] == "change").count();
     let count = |n: usize| move |m: &[JetStreamMessage]| changes(m) >= n;
     wait_stream(&url, "spillway", Some(&p), count(500)).await;
-    // Outages: every destination goes away while rows keep coming.
+    // Outages: every destination goes away while rows keep coming, until
+    // every sink has reported a failed delivery and more rows were written.
+    let api = crate::pg_stream::wait_for_addr(&p).await;
+    let errors_before = sink_errors(&api).await;
+    let rows_before = crate::pg::row_count(&pg, "t").await;
     nats.service.stop();
     kafka.pause();
     s3.service.stop();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = sink_errors(&api).await;
+        if now.len() == 3 && now.iter().all(|(k, n)| *n > errors_before[k]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every sink noticed its outage: {now:?}; spillway said: {}",
+            p.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    crate::pg::wait_rows(&pg, "t", rows_before + 500).await;
     nats.service.start_again().unwrap();
     kafka.resume();
     s3.service.start_again().unwrap();
     let seen = changes(&read_jetstream(&url, "spillway").await.unwrap());
     wait_stream(&url, "spillway", Some(&p), count(seen + 500)).await;
     // kill -9 in the middle of delivery, then a restart.
+    let walsender = crate::pg::slot_pid(&pg).await;
     p.kill9();
-    let p = Proc::start(&cfg, dir.path());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut p = Proc::start(&cfg, dir.path());
+    // The load goes on until the new process streams and a few more rows are in.
+    crate::pg::wait_new_walsender(&pg, walsender, &mut p).await;
+    let rows_now = crate::pg::row_count(&pg, "t").await;
+    crate::pg::wait_rows(&pg, "t", rows_now + 200).await;
     stop_tx.send(true).unwrap();
     let last = load.await.unwrap();
     let expected = last as usize + (last as usize / 20); // inserts + one update per 20
