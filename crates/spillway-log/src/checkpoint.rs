@@ -67,6 +67,8 @@ pub struct CheckpointStore {
 struct Inner {
     db: Database,
     path: PathBuf,
+    /// Bumped after every committed change (for [`CheckpointStore::subscribe`]).
+    changes: tokio::sync::watch::Sender<u64>,
     /// Dropped after `db` (field order): the database is closed before the
     /// directory can be opened again.
     _lock: Arc<DirLock>,
@@ -172,6 +174,7 @@ impl CheckpointStore {
             inner: Arc::new(Inner {
                 db,
                 path,
+                changes: tokio::sync::watch::Sender::new(0),
                 _lock: lock,
             }),
         };
@@ -216,7 +219,78 @@ impl CheckpointStore {
             f(&mut table)?
         };
         txn.commit().map_err(|e| db_err("commit", path, e))?;
+        self.changed();
         Ok(out)
+    }
+
+    fn changed(&self) {
+        self.inner.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Notified after every change of any checkpoint (set, delete, reset),
+    /// so that an owner notices a change made by someone else (an
+    /// operator's rewind) without polling.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Creates the checkpoint `name` at `lsn` unless it exists; returns the
+    /// checkpoint as it is afterwards. Durable when it returns `Ok`.
+    pub fn ensure(&self, name: &str, lsn: u64) -> Result<Checkpoint, LogError> {
+        validate_name(name)?;
+        let path = self.path();
+        let now = now_us();
+        self.write(|table| {
+            let current = table
+                .get(name)
+                .map_err(|e| db_err("read", path, e))?
+                .map(|v| v.value());
+            let (lsn, updated_at_us) = match current {
+                Some(v) => v,
+                None => {
+                    table
+                        .insert(name, (lsn, now))
+                        .map_err(|e| db_err("write", path, e))?;
+                    (lsn, now)
+                }
+            };
+            Ok(Checkpoint {
+                name: name.to_owned(),
+                lsn,
+                updated_at_us,
+            })
+        })
+    }
+
+    /// Sets `name` to `lsn` only if it is still at `expected` (an owner's
+    /// update that must not overwrite someone else's change, such as an
+    /// operator's rewind): fails with [`LogError::CheckpointMoved`] naming
+    /// the current lsn (`0` if the checkpoint is gone) otherwise.
+    pub fn set_if(&self, name: &str, expected: u64, lsn: u64) -> Result<Checkpoint, LogError> {
+        validate_name(name)?;
+        let path = self.path();
+        let updated_at_us = now_us();
+        self.write(|table| {
+            let current = table
+                .get(name)
+                .map_err(|e| db_err("read", path, e))?
+                .map(|v| v.value().0);
+            if current != Some(expected) {
+                return Err(LogError::CheckpointMoved {
+                    name: name.to_owned(),
+                    current: current.unwrap_or(0),
+                });
+            }
+            table
+                .insert(name, (lsn, updated_at_us))
+                .map_err(|e| db_err("write", path, e))?;
+            Ok(())
+        })?;
+        Ok(Checkpoint {
+            name: name.to_owned(),
+            lsn,
+            updated_at_us,
+        })
     }
 
     /// The checkpoint called `name`, if any.
@@ -345,6 +419,7 @@ impl CheckpointStore {
             }
         }
         txn.commit().map_err(|e| db_err("commit", path, e))?;
+        self.changed();
         Ok(ahead)
     }
 
@@ -392,7 +467,9 @@ impl CheckpointStore {
                 .map_err(|e| db_err("open table", path, e))?;
             table.remove(name).map_err(|e| db_err("delete", path, e))?;
         }
-        txn.commit().map_err(|e| db_err("commit", path, e))
+        txn.commit().map_err(|e| db_err("commit", path, e))?;
+        self.changed();
+        Ok(())
     }
 
     /// Every checkpoint, sorted by name.

@@ -97,6 +97,15 @@ pub enum LogError {
         /// The lsn that was requested.
         requested: u64,
     },
+    /// [`CheckpointStore::set_if`](crate::CheckpointStore::set_if): the
+    /// checkpoint was changed by someone else.
+    #[error("checkpoint {name:?} was moved to lsn {current} by someone else (an operator's rewind?); re-read it and continue from there")]
+    CheckpointMoved {
+        /// The checkpoint's name.
+        name: String,
+        /// Its current lsn (0 if it was deleted).
+        current: u64,
+    },
     /// A checkpoint name is unusable.
     #[error(
         "invalid checkpoint name {name:?}: {reason}; use a non-empty name of at most 256 bytes"

@@ -233,11 +233,11 @@ impl TestLog {
         writer.flush().await.expect("flush the test log");
     }
 
-    /// The checkpoint of `name` (0 if none).
+    /// The checkpoint of the sink `name` (0 if none).
     pub fn checkpoint(&self, name: &str) -> u64 {
         self.log
             .checkpoints()
-            .get(name)
+            .get(&crate::checkpoint_name(name))
             .expect("read a checkpoint")
             .map_or(0, |c| c.lsn)
     }
@@ -453,7 +453,7 @@ impl<S: Sink> Sink for FailFirst<S> {
             let cp = self
                 .log
                 .checkpoints()
-                .get(&self.name)
+                .get(&crate::checkpoint_name(&self.name))
                 .ok()
                 .flatten()
                 .map_or(0, |c| c.lsn);

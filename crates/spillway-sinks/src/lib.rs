@@ -128,6 +128,6 @@ pub mod webhook;
 pub use spillway_core::encoding::{EncoderOptions, Format};
 
 pub use runtime::{
-    run_sink, BoxFuture, DynSink, Sink, SinkError, SinkRecord, SinkSettings, SinkStatus,
-    SinkStatusSnapshot,
+    checkpoint_name, run_sink, BoxFuture, DynSink, Sink, SinkError, SinkRecord, SinkSettings,
+    SinkStatus, SinkStatusSnapshot,
 };

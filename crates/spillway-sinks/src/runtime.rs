@@ -318,6 +318,15 @@ impl SinkStatus {
     }
 }
 
+/// The name of sink `sink`'s checkpoint in the log's checkpoint store.
+///
+/// Sinks have a namespace of their own (`sink:` + name; API consumer names
+/// cannot contain `:`), so that a `PUT` or `DELETE` of an HTTP consumer
+/// can never move a sink's position, and vice versa.
+pub fn checkpoint_name(sink: &str) -> String {
+    format!("sink:{sink}")
+}
+
 /// Runs one sink until `shutdown` becomes `true` (returns `Ok`) or a fatal
 /// error (returns it, after recording it in `status`). Transient errors are
 /// retried forever. Calls [`Sink::close`] before returning.
@@ -337,6 +346,7 @@ pub async fn run_sink<S: Sink>(
                 encoder: Encoder::new(settings.format, settings.encoder_options.clone()),
                 status: &status,
                 checkpoint: 0,
+                cp_name: checkpoint_name(&settings.name),
             };
             run.drive(&mut sink, &mut shutdown).await
         }
@@ -379,7 +389,10 @@ struct Runner<'a> {
     /// Stateful (remembers columns from `schema_change`): fed in log order.
     encoder: Encoder,
     status: &'a SinkStatus,
+    /// The checkpoint as this sink last stored or read it.
     checkpoint: u64,
+    /// Its name in the checkpoint store ([`checkpoint_name`]).
+    cp_name: String,
 }
 
 /// Waits until shutdown is requested (forever if the sender is gone).
@@ -426,17 +439,49 @@ impl Runner<'_> {
         sink: &mut S,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), SinkError> {
-        let name = self.settings.name.clone();
+        // A sink holds a position from its first start on (0: nothing
+        // delivered yet), so that retention keeps its records even while
+        // its destination has never been reachable.
+        let name = self.cp_name.clone();
         let store = self.log.checkpoints().clone();
-        let stored = blocking(move || store.get(&name)).await?;
-        self.checkpoint = stored.map_err(log_error)?.map_or(0, |c| c.lsn);
+        let (stored, requery) = blocking(move || {
+            let cp = store.ensure(&name, 0)?;
+            Ok::<_, LogError>((cp, store.pending_requery(&name)?))
+        })
+        .await?
+        .map_err(log_error)?;
+        self.checkpoint = stored.lsn;
         self.status
             .checkpoint_lsn
             .store(self.checkpoint, Ordering::Release);
         let mut committed_rx = self.log.subscribe();
+        let mut cp_rx = self.log.checkpoints().subscribe();
         let mut reader: Option<LogReader> = None;
         let mut pending = Pending::default();
         let mut delay = self.settings.retry_initial;
+
+        if let Some(rq) = requery {
+            // The log ended before this sink's checkpoint when it was
+            // opened (a repaired or restored directory): the destination
+            // holds events the log no longer has; say so before going on.
+            tracing::error!(
+                sink = %self.settings.name, requested = rq.requested_lsn, resume = rq.resume_lsn,
+                "the sink's checkpoint was beyond the end of the change log; delivering requery_required and continuing at the log's end"
+            );
+            let rec = self.requery_record(rq.requested_lsn, rq.resume_lsn, "log_rewound")?;
+            pending.records.push(rec);
+            pending.txs.push(None);
+            pending.last_lsn = Some(rq.resume_lsn - 1);
+            if !self.flush(sink, &mut pending, shutdown).await? {
+                return Ok(());
+            }
+            self.status.requeries.fetch_add(1, Ordering::Relaxed);
+            let store = self.log.checkpoints().clone();
+            let name = self.cp_name.clone();
+            blocking(move || store.clear_requery(&name))
+                .await?
+                .map_err(log_error)?;
+        }
 
         loop {
             if *shutdown.borrow() {
@@ -494,6 +539,8 @@ impl Runner<'_> {
                                 }
                             }
                             _ = committed_rx.changed() => {}
+                            // Noticed at the next checkpoint (set_if).
+                            _ = cp_rx.changed() => {}
                             _ = stopped(shutdown) => break,
                         }
                     } else if pending.last_lsn.is_some() {
@@ -509,6 +556,10 @@ impl Runner<'_> {
                                     break;
                                 }
                             }
+                            _ = cp_rx.changed() => {
+                                cp_rx.borrow_and_update();
+                                self.follow_external_checkpoint().await?;
+                            }
                             _ = stopped(shutdown) => break,
                         }
                     }
@@ -520,7 +571,7 @@ impl Runner<'_> {
                     {
                         break;
                     }
-                    let rec = self.requery_record(requested, oldest)?;
+                    let rec = self.requery_record(requested, oldest, "trimmed")?;
                     tracing::error!(
                         sink = %self.settings.name, requested, oldest,
                         "the sink's position was trimmed by retention; delivering requery_required and continuing at the oldest retained lsn"
@@ -649,13 +700,22 @@ impl Runner<'_> {
         Ok(())
     }
 
-    fn requery_record(&mut self, requested: u64, oldest: u64) -> Result<SinkRecord, SinkError> {
+    /// `reason`: `trimmed` (retention deleted `requested..oldest`) or
+    /// `log_rewound` (the log ends before `requested`; it continues at
+    /// `oldest`).
+    fn requery_record(
+        &mut self,
+        requested: u64,
+        oldest: u64,
+        reason: &str,
+    ) -> Result<SinkRecord, SinkError> {
         let timestamp = now_us();
         let payload = serde_json::json!({
             "type": "requery_required",
             "id": format!("requery:{requested}:{oldest}"),
             "requested_lsn": requested,
             "oldest_lsn": oldest,
+            "reason": reason,
             "timestamp": timestamp,
         })
         .to_string()
@@ -663,7 +723,7 @@ impl Runner<'_> {
         let name = &self.settings.name;
         let format = self.settings.format;
         let fix = format!(
-            "re-snapshot the destination, then move the sink's checkpoint to {} (PUT /v1/consumers/{name}/checkpoint)",
+            "re-snapshot the destination, then move the sink's checkpoint to {} (PUT /v1/sinks/{name}/checkpoint)",
             oldest - 1
         );
         let encoded = match self.encoder.encode(&payload) {
@@ -752,15 +812,26 @@ impl Runner<'_> {
             self.status.batches.fetch_add(1, Ordering::Relaxed);
         }
         let mut delay = self.settings.retry_initial;
-        while let Err(msg) = self.store_checkpoint(target).await {
-            // Delivered but not recorded: a retry of the checkpoint only.
-            self.status.record_error(&msg);
-            tracing::warn!(sink = %self.settings.name, error = %msg, "storing the sink checkpoint failed; retrying");
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = stopped(shutdown) => return Ok(false),
+        loop {
+            match self.store_checkpoint(target).await {
+                Ok(true) => break,
+                Ok(false) => {
+                    // An operator moved the checkpoint meanwhile: theirs
+                    // wins; continue from it (a rewind redelivers).
+                    *pending = Pending::default();
+                    return Ok(true);
+                }
+                Err(msg) => {
+                    // Delivered but not recorded: a retry of the checkpoint only.
+                    self.status.record_error(&msg);
+                    tracing::warn!(sink = %self.settings.name, error = %msg, "storing the sink checkpoint failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stopped(shutdown) => return Ok(false),
+                    }
+                    delay = (delay * 2).min(self.settings.retry_max);
+                }
             }
-            delay = (delay * 2).min(self.settings.retry_max);
         }
         let timestamp = if cut < pending.records.len() {
             pending.records[cut - 1].timestamp_us
@@ -785,23 +856,46 @@ impl Runner<'_> {
         Ok(true)
     }
 
-    /// Durably moves the checkpoint forward to `lsn`.
-    async fn store_checkpoint(&mut self, lsn: u64) -> Result<(), String> {
+    /// Durably moves the checkpoint to `lsn` unless someone else (an
+    /// operator's `PUT /v1/sinks/{name}/checkpoint`) changed it since this
+    /// sink last stored it: then `Ok(false)`, and the sink continues from
+    /// the new position.
+    async fn store_checkpoint(&mut self, lsn: u64) -> Result<bool, String> {
         let store = self.log.checkpoints().clone();
-        let name = self.settings.name.clone();
-        let res = blocking(move || store.set(&name, lsn, false))
+        let name = self.cp_name.clone();
+        let expected = self.checkpoint;
+        let res = blocking(move || store.set_if(&name, expected, lsn))
             .await
             .map_err(|e| e.to_string())?;
         match res {
-            Ok(_) => {}
-            // Moved past us by an operator (PUT checkpoint): keep theirs.
-            Err(LogError::CheckpointBackward { current, .. }) => {
-                tracing::warn!(sink = %self.settings.name, current, lsn, "checkpoint was moved ahead externally; keeping it");
+            Ok(_) => {
+                self.checkpoint = lsn;
+                self.status.checkpoint_lsn.store(lsn, Ordering::Release);
+                Ok(true)
             }
-            Err(e) => return Err(e.to_string()),
+            Err(LogError::CheckpointMoved { current, .. }) => {
+                tracing::warn!(sink = %self.settings.name, current, lsn, "the sink's checkpoint was moved by an operator; continuing from it");
+                self.checkpoint = current;
+                self.status.checkpoint_lsn.store(current, Ordering::Release);
+                Ok(false)
+            }
+            Err(e) => Err(e.to_string()),
         }
-        self.checkpoint = lsn;
-        self.status.checkpoint_lsn.store(lsn, Ordering::Release);
+    }
+
+    /// While idle: adopts a checkpoint moved by someone else.
+    async fn follow_external_checkpoint(&mut self) -> Result<(), SinkError> {
+        let store = self.log.checkpoints().clone();
+        let name = self.cp_name.clone();
+        let current = blocking(move || store.get(&name))
+            .await?
+            .map_err(log_error)?
+            .map_or(0, |c| c.lsn);
+        if current != self.checkpoint {
+            tracing::warn!(sink = %self.settings.name, from = self.checkpoint, to = current, "the sink's checkpoint was moved by an operator; continuing from it");
+            self.checkpoint = current;
+            self.status.checkpoint_lsn.store(current, Ordering::Release);
+        }
         Ok(())
     }
 }

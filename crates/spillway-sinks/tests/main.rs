@@ -376,7 +376,7 @@ async fn trimmed_position_delivers_requery_required_then_continues() {
     t.append_changes(60).await;
     t.log
         .checkpoints()
-        .set("late", 2, false)
+        .set(&spillway_sinks::checkpoint_name("late"), 2, false)
         .expect("set checkpoint");
     let report = t.log.trim_before(40).expect("trim");
     let oldest = report.oldest_lsn;
@@ -464,7 +464,7 @@ async fn a_format_without_requery_required_stops_instead_of_skipping() {
     t.append_changes(60).await;
     t.log
         .checkpoints()
-        .set("flat", 2, false)
+        .set(&spillway_sinks::checkpoint_name("flat"), 2, false)
         .expect("set checkpoint");
     t.log.trim_before(40).expect("trim");
     let mut settings = test_settings("flat");
@@ -618,4 +618,113 @@ async fn shutdown_while_retrying_a_cut_batch_never_checkpoints_undelivered_recor
             );
         }
     }
+}
+
+/// Issue 8.8: an operator's forced rewind of a running (idle) sink takes
+/// effect — the sink redelivers from there — instead of being overwritten
+/// by the sink's own next checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_rewind_of_a_running_sink_takes_effect() {
+    let mut t = TestLog::new();
+    t.append_changes(40).await;
+    let buf = SharedBuf::default();
+    let sink: Box<dyn DynSink> = Box::new(FileSink::with_writer(Box::new(buf.clone())));
+    let run = Running::start(&t.log, test_settings("rewound"), sink);
+    let committed = t.log.committed_lsn();
+    wait_until("the sink catches up", || {
+        run.status.checkpoint_lsn() == committed
+    })
+    .await;
+    let first_pass = buf.lines().len();
+    t.log
+        .checkpoints()
+        .set(&spillway_sinks::checkpoint_name("rewound"), 10, true)
+        .expect("operator rewind");
+    // The sink redelivers 11.. and checkpoints the end again.
+    wait_until("the sink redelivers from the rewind", || {
+        buf.lines().iter().skip(first_pass).any(|v| v["lsn"] == 11)
+            && run.status.checkpoint_lsn() == committed
+    })
+    .await;
+    let again: Vec<u64> = buf.lines()[first_pass..]
+        .iter()
+        .map(|v| v["lsn"].as_u64().expect("lsn"))
+        .collect();
+    assert_eq!(again, (11..=committed).collect::<Vec<_>>());
+    assert_eq!(t.checkpoint("rewound"), committed);
+    run.stop().await.expect("clean stop");
+}
+
+/// Issue 8.8: sinks and API consumers do not share checkpoint names.
+#[test]
+fn sink_checkpoints_have_their_own_namespace() {
+    let name = spillway_sinks::checkpoint_name("search");
+    assert_ne!(name, "search");
+    // API consumer names are letters, digits, `_`, `-`, `.` only.
+    assert!(name.contains(':'));
+}
+
+/// A sink that never gets through (its destination down since its start).
+struct NeverUp;
+
+impl Sink for NeverUp {
+    fn kind(&self) -> &'static str {
+        "never-up"
+    }
+    async fn deliver(&mut self, _batch: &[SinkRecord]) -> Result<(), SinkError> {
+        Err(SinkError::Transient("connection refused".into()))
+    }
+}
+
+/// Issue 8.4: a sink whose destination was down from its first start holds
+/// a checkpoint, so age-based retention keeps its records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_never_delivered_still_holds_back_retention() {
+    let mut t = TestLog::with_segment_bytes(512);
+    t.append_changes(60).await;
+    let run = Running::start(&t.log, test_settings("down"), NeverUp);
+    wait_until("the sink retries", || run.status.errors() > 0).await;
+    let policy = spillway_log::RetentionPolicy {
+        max_age: Some(std::time::Duration::from_secs(1)),
+        max_bytes: None,
+    };
+    let report = t.log.apply_retention(&policy, i64::MAX).expect("retention");
+    assert_eq!(
+        report.segments_deleted, 0,
+        "retention deleted records of a sink that never delivered them"
+    );
+    assert_eq!(t.log.oldest_lsn(), 1);
+    run.kill().await;
+}
+
+/// Issue 8.3: a sink whose checkpoint was found beyond the log's end (and
+/// reset at open) gets requery_required first, then the records from the
+/// log's end on — never a silent skip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_reset_past_the_logs_end_gets_requery_required_first() {
+    let mut t = TestLog::new();
+    t.append_changes(20).await;
+    let end = t.log.committed_lsn();
+    let name = spillway_sinks::checkpoint_name("ahead");
+    t.log
+        .checkpoints()
+        .set(&name, end + 30, false)
+        .expect("set");
+    // What ChangeLog::open does when the log ends before a checkpoint.
+    t.log.checkpoints().reset_ahead(end).expect("reset");
+    t.append_changes(5).await;
+    let (got, _) = run_to_end(&t, test_settings("ahead")).await;
+    assert_eq!(got[0]["type"], "requery_required");
+    assert_eq!(got[0]["reason"], "log_rewound");
+    assert_eq!(got[0]["requested_lsn"], end + 31);
+    assert_eq!(got[0]["oldest_lsn"], end + 1);
+    let lsns: Vec<u64> = got[1..]
+        .iter()
+        .map(|v| v["lsn"].as_u64().expect("lsn"))
+        .collect();
+    assert_eq!(lsns, (end + 1..=t.log.committed_lsn()).collect::<Vec<_>>());
+    assert_eq!(
+        t.log.checkpoints().pending_requery(&name).expect("read"),
+        None
+    );
 }

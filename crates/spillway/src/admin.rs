@@ -1,5 +1,6 @@
 //! `spillway admin cdc status|trim`: from the running server when one answers, otherwise
-//! from the data directory.
+//! from the data directory. `repair` and `forget-sink` work on a stopped log only (they
+//! take the data directory's lock).
 
 use spillway_server::config::Config;
 use std::path::PathBuf;
@@ -22,6 +23,24 @@ pub(crate) enum CdcCommand {
         before_lsn: u64,
         #[command(flatten)]
         target: Target,
+    },
+    /// Cut a damaged change log at the damage so that it opens again (spillway must be
+    /// stopped). The cut-off bytes are kept in `.damaged` files; consumers whose checkpoint
+    /// lies beyond the new end get requery_required. Restoring a backup is better when you
+    /// have one: the events after the damage were confirmed to PostgreSQL and are gone there.
+    Repair {
+        /// Configuration file (for the data directory).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Delete the checkpoint of a sink that is no longer configured (spillway must be
+    /// stopped); it holds back age-based retention while it exists.
+    ForgetSink {
+        /// The sink's name.
+        name: String,
+        /// Configuration file (for the data directory).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -145,7 +164,11 @@ async fn server_request(
 }
 
 fn offline_config(target: &Target) -> Result<Config, String> {
-    let path = target.config.clone().or_else(|| {
+    load_config(target.config.clone())
+}
+
+fn load_config(config: Option<PathBuf>) -> Result<Config, String> {
+    let path = config.or_else(|| {
         let p = PathBuf::from("spillway.toml");
         p.exists().then_some(p)
     });
@@ -194,6 +217,59 @@ pub(crate) async fn run(cmd: AdminCommand) -> Result<(), String> {
             println!("  Disk usage: {}", human_bytes(disk));
             println!("  Source: {source}");
             Ok(())
+        }
+        CdcCommand::Repair { config } => {
+            let config = load_config(config)?;
+            let mut opts = spillway_log::LogOptions::new(config.log.dir.clone());
+            opts.segment_bytes = config.log.segment_bytes;
+            let report = tokio::task::spawn_blocking(move || spillway_log::repair(&opts))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("{}: {e}", config.log.dir.display()))?;
+            if report.cuts.is_empty() {
+                println!(
+                    "the change log in {} needs no repair",
+                    config.log.dir.display()
+                );
+            }
+            for cut in &report.cuts {
+                println!(
+                    "cut {} at offset {} (the cut-off bytes are in {}; {} newer segment(s) set aside)",
+                    cut.segment.display(),
+                    cut.offset,
+                    cut.saved_as.display(),
+                    cut.set_aside.len()
+                );
+            }
+            if !report.cuts.is_empty() {
+                println!("events after the cut are lost: re-snapshot the consumers (those past the cut get requery_required)");
+            }
+            Ok(())
+        }
+        CdcCommand::ForgetSink { name, config } => {
+            let config = load_config(config)?;
+            if config.sinks.iter().any(|s| s.settings.name == name) {
+                return Err(format!(
+                    "sink `{name}` is still configured; remove its [[sinks]] entry first"
+                ));
+            }
+            let dir = config.log.dir.clone();
+            let cp = spillway_sinks::checkpoint_name(&name);
+            let removed = tokio::task::spawn_blocking(move || {
+                spillway_log::CheckpointStore::open(&dir)?.delete(&cp)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("{}: {e}", config.log.dir.display()))?;
+            if removed {
+                println!("forgot the checkpoint of sink `{name}`");
+                Ok(())
+            } else {
+                Err(format!(
+                    "no checkpoint of a sink named `{name}` in {}",
+                    config.log.dir.display()
+                ))
+            }
         }
         CdcCommand::Trim { before_lsn, target } => {
             let body = serde_json::json!({ "before_lsn": before_lsn }).to_string();

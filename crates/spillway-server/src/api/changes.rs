@@ -272,7 +272,12 @@ pub fn parse_params(
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
             .ok_or_else(|| bad_request("`Last-Event-ID` must be an lsn"))?;
-        start = StartAt::Lsn(id + 1);
+        let next = id.checked_add(1).ok_or_else(|| {
+            bad_request(format!(
+                "`Last-Event-ID` {id} is not an lsn this log can reach; reconnect without it (or with from_lsn)"
+            ))
+        })?;
+        start = StartAt::Lsn(next);
     }
     let operations = match q.get("operations") {
         None => None,
@@ -465,21 +470,51 @@ async fn stream_task(
     let mut committed = log.subscribe();
     let mut shutdown = state.shutdown.clone();
     let format = params.format;
-    let requery = |requested: u64, oldest: u64| {
+    // `reason`: `trimmed` (retention deleted requested..oldest),
+    // `ahead_of_log` (the position is past the log's end: the client saw
+    // lsns this log does not hold, e.g. after a repair or restore), or
+    // `log_rewound` (a named consumer's checkpoint was reset for that).
+    let requery = |requested: u64, oldest: u64, reason: &str| {
         control(
             format,
             "requery_required",
-            json!({"type": "requery_required", "requested_lsn": requested, "oldest_lsn": oldest, "timestamp": now_us()}),
+            json!({"type": "requery_required", "requested_lsn": requested, "oldest_lsn": oldest, "reason": reason, "timestamp": now_us()}),
         )
     };
     let mut start = from_lsn;
-    let oldest = log.oldest_lsn();
-    if from_lsn < oldest {
-        if tx.send(Ok(requery(from_lsn, oldest))).await.is_err() {
+    if let StartAt::Consumer(name) = &params.start {
+        let l = log.clone();
+        let n = name.clone();
+        let pending =
+            tokio::task::spawn_blocking(move || l.checkpoints().pending_requery(&n)).await;
+        if let Ok(Ok(Some(rq))) = pending {
+            if tx
+                .send(Ok(requery(rq.requested_lsn, rq.resume_lsn, "log_rewound")))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let l = log.clone();
+            let n = name.clone();
+            let _ = tokio::task::spawn_blocking(move || l.checkpoints().clear_requery(&n)).await;
+        }
+    }
+    // Committed lsns only grow: a start beyond the end means the client saw
+    // records that are not in this log.
+    let end = log.committed_lsn();
+    if start > end + 1 {
+        if tx
+            .send(Ok(requery(start, end + 1, "ahead_of_log")))
+            .await
+            .is_err()
+        {
             return;
         }
-        start = oldest;
+        start = end + 1;
     }
+    // A start below the oldest retained record is reported by the reader
+    // (LogError::Trimmed below), also when a trim races with this request.
     let mut reader = match log.reader(start) {
         Ok(r) => r,
         Err(e) => {
@@ -550,7 +585,10 @@ async fn stream_task(
             }
             Err(LogError::Trimmed { requested, oldest }) => {
                 // Retention removed what this consumer was about to read.
-                if !batch.send(&tx, Some(requery(requested, oldest))).await {
+                if !batch
+                    .send(&tx, Some(requery(requested, oldest, "trimmed")))
+                    .await
+                {
                     return;
                 }
                 reader = match log.reader(oldest) {
@@ -634,6 +672,7 @@ mod tests {
             (vec![("batch_timeout_ms", "x")], "batch_timeout_ms"),
             (vec![("heartbeat_ms", "1")], "heartbeat_ms"),
             (vec![("color", "red")], "color"),
+            (vec![("from_lsn", "18446744073709551616")], "from_lsn"),
         ] {
             let e = parse(&bad).err().unwrap_or_default();
             assert!(
@@ -641,6 +680,23 @@ mod tests {
                 "{bad:?}: `{e}` does not name `{needle}`"
             );
         }
+    }
+
+    /// Issue 8.7: `Last-Event-ID: u64::MAX` must be a 400, not an overflow.
+    #[test]
+    fn last_event_id_at_the_top_of_the_range_is_refused() {
+        let mut h = HeaderMap::new();
+        h.insert("last-event-id", u64::MAX.to_string().parse().unwrap());
+        let e = parse_params(&q(&[]), &h)
+            .err()
+            .map(|e| e.1)
+            .unwrap_or_default();
+        assert!(e.contains("Last-Event-ID"), "{e}");
+        h.insert("last-event-id", (u64::MAX - 1).to_string().parse().unwrap());
+        assert_eq!(
+            parse_params(&q(&[]), &h).unwrap().start,
+            StartAt::Lsn(u64::MAX)
+        );
     }
 
     #[test]

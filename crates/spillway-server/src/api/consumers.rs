@@ -47,10 +47,12 @@ pub(crate) fn consumer_json(log: &ChangeLog, cp: &Checkpoint) -> Value {
 pub(crate) async fn list(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
     let log = state.log.clone();
     let out = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, LogError> {
+        // Sinks' checkpoints (`sink:NAME`) are shown under /v1/status.
         Ok(log
             .checkpoints()
             .list()?
             .iter()
+            .filter(|cp| valid_consumer_name(&cp.name).is_ok())
             .map(|cp| consumer_json(&log, cp))
             .collect())
     })
@@ -102,6 +104,42 @@ pub(crate) async fn put_checkpoint(
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
+    valid_consumer_name(&name)?;
+    set_checkpoint(&state, &name, name.clone(), &body).await
+}
+
+/// `PUT /v1/sinks/{name}/checkpoint`: an operator moves a sink's position
+/// (e.g. a forced rewind to redeliver). The running sink notices and
+/// continues from it (its own updates never overwrite it).
+pub(crate) async fn put_sink_checkpoint(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    if !state.sinks.iter().any(|s| s.name == name) {
+        let known: Vec<&str> = state.sinks.iter().map(|s| s.name.as_str()).collect();
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no sink named `{name}`; configured sinks: {}",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        ));
+    }
+    let store_name = spillway_sinks::checkpoint_name(&name);
+    set_checkpoint(&state, &name, store_name, &body).await
+}
+
+async fn set_checkpoint(
+    state: &ApiState,
+    name: &str,
+    store_name: String,
+    body: &[u8],
+) -> Result<Json<Value>, ApiError> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Body {
@@ -109,8 +147,7 @@ pub(crate) async fn put_checkpoint(
         #[serde(default)]
         force: bool,
     }
-    valid_consumer_name(&name)?;
-    let b: Body = serde_json::from_slice(&body).map_err(|e| {
+    let b: Body = serde_json::from_slice(body).map_err(|e| {
         bad_request(format!(
             "body must be {{\"lsn\": N}} or {{\"lsn\": N, \"force\": true}}: {e}"
         ))
@@ -123,12 +160,12 @@ pub(crate) async fn put_checkpoint(
         )));
     }
     let log = state.log.clone();
-    let n = name.clone();
-    let result = tokio::task::spawn_blocking(move || log.checkpoints().set(&n, b.lsn, b.force))
-        .await
-        .map_err(internal)?;
+    let result =
+        tokio::task::spawn_blocking(move || log.checkpoints().set(&store_name, b.lsn, b.force))
+            .await
+            .map_err(internal)?;
     match result {
-        Ok(cp) => Ok(Json(json!({"name": cp.name, "checkpoint": cp.lsn, "updated_at_us": cp.updated_at_us}))),
+        Ok(cp) => Ok(Json(json!({"name": name, "checkpoint": cp.lsn, "updated_at_us": cp.updated_at_us}))),
         Err(LogError::CheckpointBackward { current, requested, .. }) => Err(ApiError(
             StatusCode::CONFLICT,
             format!(

@@ -77,6 +77,10 @@ pub fn router(state: ApiState) -> Router {
             "/v1/consumers/{name}/checkpoint",
             put(consumers::put_checkpoint),
         )
+        .route(
+            "/v1/sinks/{name}/checkpoint",
+            put(consumers::put_sink_checkpoint),
+        )
         .route("/v1/admin/trim", post(admin_trim))
         .route("/metrics", get(metrics::metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
