@@ -589,7 +589,12 @@ async fn trim_and_retention_lead_to_requery_required() {
     for i in 0..10 {
         pg.execute("shop", &format!("INSERT INTO bank.holding SELECT g, repeat('x', 200) FROM generate_series({}, {}) g", i * 20 + 1, i * 20 + 20)).await.unwrap();
     }
-    read_until(&running.log, 1, count_changes(200)).await;
+    let events = read_until(&running.log, 1, count_changes(200)).await;
+    let ts20 = events
+        .iter()
+        .find(|e| e["lsn"] == 20)
+        .map(|e| e["timestamp"].as_i64().unwrap())
+        .unwrap();
     let r = c
         .post(format!("{base}/v1/admin/trim"))
         .json_body(json!({"before_lsn": 100}))
@@ -619,6 +624,21 @@ async fn trim_and_retention_lead_to_requery_required() {
         oldest,
         "then the stream from oldest_lsn, no silent gap"
     );
+    // Issue 8.3: a start time inside the trimmed range is told too (it used
+    // to start silently at the oldest retained record).
+    let mut s = Lines::open(&format!("{base}/v1/changes?from_timestamp={ts20}")).await;
+    let first = s.next_json().await;
+    assert_eq!(first["type"], "requery_required", "{first}");
+    assert_eq!(first["oldest_lsn"], oldest);
+    assert_eq!(s.next_json().await["lsn"], oldest);
+    // A start beyond the log's end (a client that saw another log) is told.
+    let end = running.log.committed_lsn();
+    let mut s = Lines::open(&format!("{base}/v1/changes?from_lsn={}", end + 50)).await;
+    let first = s.next_json().await;
+    assert_eq!(first["type"], "requery_required", "{first}");
+    assert_eq!(first["reason"], "ahead_of_log");
+    assert_eq!(first["requested_lsn"], end + 50);
+    assert_eq!(first["oldest_lsn"], end + 1);
     assert_eq!(
         c.post(format!("{base}/v1/admin/trim"))
             .json_body(json!({"before": 1}))
