@@ -69,9 +69,19 @@
 //!   bounded queue makes `append` wait: memory stays bounded). A segment is
 //!   fsynced completely before the next one is created, and creating or
 //!   deleting segment files also fsyncs the directory.
-//! * **Poisoning.** If a write or fsync fails the log is poisoned: it is never
-//!   retried, appends and flushes return [`LogError::Poisoned`], and the
-//!   process must reopen the log (recovery then decides what survived).
+//! * **Poisoning ("fsyncgate").** If a write or fsync fails the log is
+//!   poisoned: it is never retried (after a failed fsync the kernel may
+//!   have marked the unwritten pages clean, so a retry or a later read
+//!   could "succeed" on data that never reached the disk). The writer
+//!   thread stops, waits for the sync thread, and cuts the active segment
+//!   back to the last offset a successful fsync covered (truncate + fsync),
+//!   so that a restart in the same boot cannot read those page-cache bytes
+//!   back and confirm them. If that cut fails too, it writes a
+//!   `durable-end` marker (segment + offset, fsynced, renamed into place)
+//!   that the next open honours before reading anything. Appends and
+//!   flushes return [`LogError::Poisoned`] with the first failure as its
+//!   cause (the file, the operation and the OS error: ENOSPC, EIO, …); the
+//!   process must reopen the log.
 //! * **Readers never see bad data.** Every record read is length- and
 //!   CRC-checked and its lsn compared with the expected one; any mismatch is
 //!   returned as [`LogError::Corrupt`], never skipped.
@@ -171,25 +181,47 @@
 //!
 //! 1. Delete `*.tmp` files and `.idx` files without a segment. An empty
 //!    directory gets segment 1.
-//! 2. Scan segments from the newest backwards, validating the header and every
+//! 2. If a `durable-end` marker exists (left by a failed write or fsync
+//!    whose cut failed), cut its segment there first, fsync, remove it.
+//! 3. Scan segments from the newest backwards, validating the header and every
 //!    record (length, CRC, flags, dense lsns); a scan stops at the first torn
 //!    or invalid record. Stop at the first (newest) segment containing a valid
-//!    tx_end record, or at the oldest segment.
-//! 3. Cut there: truncate that segment just after its last valid tx_end
+//!    tx_end record, or at the oldest segment. Invalid bytes are classified:
+//!    * in the newest segment with nothing valid after them, or with an
+//!      aligned all-zero 4 KiB block before the next valid record (a block
+//!      that write-back never reached before a crash; no fsync covering it
+//!      ever succeeded): a **torn tail**, cut below;
+//!    * in the newest segment followed by a valid record without such a
+//!      hole, or anywhere in an older segment (each was fsynced whole before
+//!      the next one was created): **damage** of durable, confirmed data.
+//!      The open fails with [`LogError::Damaged`] (segment, offset, what
+//!      follows) and changes nothing. The way out is a backup, or
+//!      [`repair`] (`spillway admin cdc repair`), which cuts at the damage
+//!      and keeps the cut-off bytes in `.damaged` files.
+//! 4. Cut there: truncate that segment just after its last valid tx_end
 //!    record (or to its bare header if there is none), delete every newer
 //!    segment (newest first) with its index, delete the cut segment's own
-//!    `.idx` (it is active again), fsync the file and the directory. The torn
-//!    or corrupt tail and any unfinished transaction, even one spanning
-//!    several segments, are gone. A crash during recovery recovers to the
-//!    same cut.
-//! 4. The committed lsn and [`ChangeLog::last_commit`] come from that tx_end
+//!    `.idx` (it is active again). The torn tail and any unfinished
+//!    transaction, even one spanning several segments, are gone. A crash
+//!    during recovery recovers to the same cut.
+//! 5. fsync the kept active segment and the directory — always, not only
+//!    after a cut: after a crash of the process (not the machine) the bytes
+//!    may be in the page cache only. Only then is the committed lsn
+//!    published (and confirmed to the source).
+//! 6. The committed lsn and [`ChangeLog::last_commit`] come from that tx_end
 //!    record (or, without one, from the oldest segment's header:
 //!    `base_lsn - 1` and `prev_commit`).
-//! 5. Load the indexes of the older (sealed) segments, rebuilding damaged or
-//!    missing ones. Sealed segments are not otherwise validated at open;
-//!    damage there is reported by readers as [`LogError::Corrupt`].
+//! 7. Load the indexes of the older (sealed) segments, rebuilding damaged or
+//!    missing ones. Sealed segments that recovery does not cut into are not
+//!    otherwise validated at open; damage there is reported by readers as
+//!    [`LogError::Corrupt`] (never skipped).
+//! 8. Every consumer checkpoint beyond the committed lsn (a repaired or
+//!    restored directory: its lsns will be handed out again for other
+//!    events) is reset to the committed lsn with a [`PendingRequery`]
+//!    ([`CheckpointStore::reset_ahead`]); the consumer gets
+//!    `requery_required` before it reads on, never a silent skip.
 //!
-//! [`LogWriter::discard_uncommitted`] performs step 3 on the open log (the
+//! [`LogWriter::discard_uncommitted`] performs step 4 on the open log (the
 //! writer knows where the last tx_end record ends, so nothing is scanned
 //! except the cut segment, to rebuild its index). If the process crashes
 //! during it, recovery makes the same cut.
@@ -214,9 +246,14 @@
 //!   loss; an uncommitted one is not applied at all. After a crash redb
 //!   repairs the file at the next open (quick: the table is tiny); until
 //!   then [`inspect`] cannot read it (a read-only open cannot repair).
-//! * Checkpoints are independent of the segments: they are not changed by
-//!   recovery, trimming or [`LogWriter::discard_uncommitted`] (a checkpoint
-//!   past the committed lsn just protects nothing extra).
+//! * Checkpoints are not changed by trimming or
+//!   [`LogWriter::discard_uncommitted`]. At open, a checkpoint past the
+//!   committed lsn is **not harmless**: the consumer saw records this log no
+//!   longer holds, and the lsns after the end will be reused. It is reset
+//!   (step 8 of recovery) and the consumer told.
+//! * [`CheckpointStore::set_if`] lets an owner (a sink) update its
+//!   checkpoint only if nobody else (an operator's rewind) changed it;
+//!   [`CheckpointStore::subscribe`] notifies every change.
 //! * All methods do blocking file I/O (call them from `spawn_blocking` in
 //!   async code).
 //!
@@ -244,6 +281,8 @@
 //!     consumer whose position is trimmed away. The active segment is
 //!     never deleted, so usage can stay above `max_bytes` by up to one
 //!     segment (or more while an unfinished transaction spans segments).
+//!     With [`LogOptions::max_bytes`] the writer enforces the same limit at
+//!     every segment seal, so the cap holds between retention runs too.
 //! * [`ChangeLog::trim_before`] is the operator's explicit trim
 //!   (`spillway admin cdc trim --before-lsn N`, `POST /v1/admin/trim`): it
 //!   deletes every segment whose records all have lsn `< N` and **ignores

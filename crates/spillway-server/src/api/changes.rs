@@ -44,6 +44,10 @@ const OPERATIONS: &[&str] = &["insert", "update", "delete", "truncate", "read"];
 pub const MAX_BATCH_SIZE: usize = 10_000;
 /// Default `batch_size`.
 pub const DEFAULT_BATCH_SIZE: usize = 1_000;
+/// A batch also goes out once it holds this many bytes, whatever
+/// `batch_size` says: with the 8-chunk channel this bounds a stream's
+/// buffered output to about 8 MiB (plus one event).
+pub const MAX_CHUNK_BYTES: usize = 1 << 20;
 
 /// Where a stream starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -545,7 +549,9 @@ async fn stream_task(
                         continue;
                     }
                     batch.push(format, rec.lsn, &rec.payload);
-                    if batch.events >= params.batch_size && !batch.send(&tx, None).await {
+                    let full =
+                        batch.events >= params.batch_size || batch.buf.len() >= MAX_CHUNK_BYTES;
+                    if full && !batch.send(&tx, None).await {
                         return;
                     }
                 }

@@ -366,6 +366,66 @@ async fn batches_flush_by_size_and_by_timeout() {
     running.wait().await.unwrap();
 }
 
+/// A batch is also cut by bytes: `batch_size=10000` of 4 KiB rows must not
+/// become one multi-megabyte chunk (the per-stream buffer is 8 chunks; its
+/// bound is in bytes, not in events).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_cut_at_one_mebibyte_whatever_batch_size_says() {
+    let pg = cluster(SCHEMA).await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_with(&pg, dir.path(), "", "").await;
+    pg.execute(
+        "shop",
+        "INSERT INTO bank.holding SELECT g, repeat('z', 4096) FROM generate_series(1, 2000) g",
+    )
+    .await
+    .unwrap();
+    read_until(&running.log, 1, count_changes(2000)).await;
+    // Read the HTTP/1.1 chunked framing itself: each batch is one chunk.
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let mut sock = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+    sock.write_all(
+        b"GET /v1/changes?from=beginning&batch_size=10000&heartbeat_ms=60000 HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut r = BufReader::new(sock);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).await.unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        assert!(!line.is_empty(), "the server closed before the body");
+    }
+    let (mut total, mut largest, mut lines) = (0usize, 0usize, 0usize);
+    while lines < 2000 {
+        line.clear();
+        tokio::time::timeout(WAIT, r.read_line(&mut line))
+            .await
+            .expect("the stream goes on")
+            .unwrap();
+        let size = usize::from_str_radix(line.trim(), 16).expect("a chunk size line");
+        assert!(size > 0, "the stream ended early");
+        let mut chunk = vec![0u8; size + 2];
+        r.read_exact(&mut chunk).await.unwrap();
+        total += size;
+        largest = largest.max(size);
+        lines += chunk[..size].iter().filter(|b| **b == b'\n').count();
+    }
+    assert!(
+        total > 8 << 20,
+        "the test streams more than 8 MiB ({total})"
+    );
+    assert!(
+        largest <= (1 << 20) + 8192,
+        "a chunk of {largest} bytes: batches must be cut at 1 MiB"
+    );
+    running.shutdown();
+    running.wait().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_sent_events_resume_with_last_event_id_and_heartbeats_keep_idle_streams_alive() {
     let pg = cluster(SCHEMA).await;
