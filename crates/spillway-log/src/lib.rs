@@ -483,6 +483,7 @@ pub(crate) struct StatCounters {
     pub(crate) fsyncs: AtomicU64,
     pub(crate) fsync_micros: AtomicU64,
     pub(crate) rolls: AtomicU64,
+    pub(crate) retention_runs: AtomicU64,
 }
 
 /// State shared by the handle, the writer thread and readers.
@@ -886,6 +887,10 @@ impl ChangeLog {
         policy: &RetentionPolicy,
         now_us: i64,
     ) -> Result<TrimReport, LogError> {
+        self.shared
+            .stats
+            .retention_runs
+            .fetch_add(1, Ordering::Relaxed);
         if policy.max_age.is_none() && policy.max_bytes.is_none() {
             return Ok(TrimReport {
                 segments_deleted: 0,
@@ -926,6 +931,12 @@ impl ChangeLog {
             }
         }
         Ok(report)
+    }
+
+    /// How many times [`apply_retention`](ChangeLog::apply_retention) ran
+    /// since open (for status and tests: "retention has run since …").
+    pub fn retention_runs(&self) -> u64 {
+        self.shared.stats.retention_runs.load(Ordering::Relaxed)
     }
 
     /// The consumer checkpoints stored with this log (`checkpoints.redb` in

@@ -9,5 +9,6 @@ mod cli;
 mod pg;
 mod pg_durability;
 mod pg_publication;
+mod pg_recovery;
 mod pg_stream;
 mod scenarios;

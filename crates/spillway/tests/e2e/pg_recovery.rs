@@ -1,0 +1,238 @@
+//! Issue 8.3 and 8.4 end to end: a damaged change log is refused (never cut
+//! silently), `spillway admin cdc repair` is the way out, a consumer past
+//! the cut is told; and a sink that never reached its destination holds
+//! back retention.
+
+use crate::pg::{cluster, config_text, read_until, Proc, WAIT};
+use serde_json::{json, Value};
+use spillway_server::config::Config;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+const SCHEMA: &str = "CREATE SCHEMA bank; CREATE TABLE bank.holding (id int PRIMARY KEY, v text);";
+
+fn newest_segment(dir: &Path) -> PathBuf {
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segs.sort();
+    segs.pop().unwrap()
+}
+
+/// (lsn, start offset) of each record in a segment (the documented format).
+fn record_starts(path: &Path) -> Vec<(u64, usize)> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut out = Vec::new();
+    let mut off = 64usize;
+    while off + 41 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+        let lsn = u64::from_le_bytes(bytes[off + 8..off + 16].try_into().unwrap());
+        out.push((lsn, off));
+        off += 41 + len;
+    }
+    out
+}
+
+async fn first_line(url: &str) -> Value {
+    let mut resp = reqwest::get(url).await.unwrap();
+    let mut buf = Vec::new();
+    loop {
+        let chunk = tokio::time::timeout(WAIT, resp.chunk())
+            .await
+            .expect("a line in time")
+            .unwrap()
+            .expect("the stream stays open");
+        buf.extend_from_slice(&chunk);
+        if let Some(i) = buf.iter().position(|b| *b == b'\n') {
+            return serde_json::from_slice(&buf[..i]).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_log_is_refused_then_repaired_and_consumers_are_told() {
+    let pg = cluster(SCHEMA).await;
+    let work = tempfile::tempdir().unwrap();
+    let log_dir = work.path().join("log");
+    let text = config_text(&pg, &log_dir, "");
+    let config_path = work.path().join("spillway.toml");
+    std::fs::write(&config_path, &text).unwrap();
+
+    let running = spillway_server::start(Config::from_parts(Some(("test", &text)), &[]).unwrap())
+        .await
+        .unwrap();
+    for i in 0..20 {
+        pg.execute(
+            "shop",
+            &format!(
+                "INSERT INTO bank.holding SELECT g, repeat('x', 100) FROM generate_series({}, {}) g",
+                i * 10 + 1,
+                i * 10 + 10
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    let events = read_until(&running.log, 1, |ev| {
+        ev.iter().filter(|e| e["type"] == "change").count() >= 200
+    })
+    .await;
+    let end = events.last().unwrap()["lsn"].as_u64().unwrap();
+    let r = reqwest::Client::new()
+        .put(format!(
+            "http://{}/v1/consumers/reader/checkpoint",
+            running.addr
+        ))
+        .body(json!({ "lsn": end }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    running.shutdown();
+    running.wait().await.unwrap();
+
+    // One flipped byte in a record in the middle of the newest segment.
+    let seg = newest_segment(&log_dir);
+    let records = record_starts(&seg);
+    let (bad_lsn, at) = records[records.len() / 2];
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[at + 45] ^= 0x20;
+    std::fs::write(&seg, &bytes).unwrap();
+
+    // `run` refuses: one line, the segment and offset, the way out; no cut.
+    let config = config_path.display().to_string();
+    let mut p = Proc::start(&config_path, work.path());
+    let deadline = Instant::now() + WAIT;
+    while !p.has_exited() {
+        assert!(
+            Instant::now() < deadline,
+            "spillway run did not stop: {}",
+            p.stderr()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let status = p.terminate();
+    assert!(!status.success());
+    let stderr = std::fs::read_to_string(
+        std::fs::read_dir(work.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().contains("stderr-"))
+            .unwrap(),
+    )
+    .unwrap();
+    let error: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(error.len(), 1, "{stderr}");
+    assert!(
+        error[0].contains(&seg.display().to_string())
+            && error[0].contains(&format!("offset {at}"))
+            && error[0].contains("spillway admin cdc repair"),
+        "{}",
+        error[0]
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        std::fs::read(&seg).unwrap(),
+        bytes,
+        "the damaged segment was changed"
+    );
+
+    // The way out: repair cuts at the damage and keeps the bytes.
+    let out = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["admin", "cdc", "repair", "--config", &config])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(&format!("at offset {at}")), "{stdout}");
+    let damaged = PathBuf::from(format!("{}.damaged", seg.display()));
+    assert_eq!(std::fs::read(&damaged).unwrap(), bytes[at..]);
+
+    // Runs again; the consumer that had read past the cut is told first.
+    let running = spillway_server::start(Config::from_parts(Some(("test", &text)), &[]).unwrap())
+        .await
+        .unwrap();
+    let committed = running.log.committed_lsn();
+    assert!(
+        committed < bad_lsn,
+        "the log ends before the damage ({committed})"
+    );
+    let first = first_line(&format!(
+        "http://{}/v1/changes?consumer=reader",
+        running.addr
+    ))
+    .await;
+    assert_eq!(first["type"], "requery_required", "{first}");
+    assert_eq!(first["reason"], "log_rewound");
+    assert_eq!(first["requested_lsn"], end + 1);
+    assert_eq!(first["oldest_lsn"], committed + 1);
+    running.shutdown();
+    running.wait().await.unwrap();
+}
+
+/// Issue 8.4 as a user meets it: a webhook sink whose endpoint is down
+/// since the first start, `retention = "1s"`, small segments: nothing is
+/// trimmed away under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_what_a_never_reached_sink_has_not_delivered() {
+    let pg = cluster(SCHEMA).await;
+    let work = tempfile::tempdir().unwrap();
+    let log_dir = work.path().join("log");
+    let dead = spillway_testkit::free_port();
+    let text = format!(
+        "{}\n[[sinks]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{dead}/events\"\n",
+        config_text(&pg, &log_dir, "")
+            .replace("segment_bytes = \"1MiB\"", "segment_bytes = \"4KiB\"\nretention = \"1s\"")
+    );
+    let running = spillway_server::start(Config::from_parts(Some(("test", &text)), &[]).unwrap())
+        .await
+        .unwrap();
+    pg.execute(
+        "shop",
+        "INSERT INTO bank.holding SELECT g, repeat('x', 200) FROM generate_series(1, 300) g",
+    )
+    .await
+    .unwrap();
+    read_until(&running.log, 1, |ev| {
+        ev.iter().filter(|e| e["type"] == "change").count() >= 300
+    })
+    .await;
+    // Every event is older than the retention age once the clock passes
+    // the newest one by 1 s; then wait for two more retention runs.
+    let sink = running.sink_status[0].status.clone();
+    let newest = running.log.last_commit().unwrap().timestamp_us;
+    let deadline = Instant::now() + WAIT;
+    let now_us = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64
+    };
+    while now_us() < newest + 1_100_000 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let runs = running.log.retention_runs();
+    while running.log.retention_runs() < runs + 2 {
+        assert!(Instant::now() < deadline, "retention never ran");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        sink.errors() > 0 && sink.delivered() == 0,
+        "the endpoint is down"
+    );
+    assert_eq!(
+        running.log.oldest_lsn(),
+        1,
+        "retention trimmed events the sink never delivered"
+    );
+    running.shutdown();
+    running.wait().await.unwrap();
+}
