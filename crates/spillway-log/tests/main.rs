@@ -1411,6 +1411,25 @@ async fn run_model(seed: u64, steps: usize) {
                     .unwrap()
                     .set_len(cut)
                     .unwrap();
+                match rng.below(4) {
+                    // Write-back left a block unwritten (zeros) before
+                    // blocks that reached the disk: a torn tail too.
+                    0 => {
+                        let block = min_cut.div_ceil(4096) * 4096;
+                        if block + 4096 < cut {
+                            let mut bytes = fs::read(&seg).unwrap();
+                            bytes[block as usize..block as usize + 4096].fill(0);
+                            fs::write(&seg, &bytes).unwrap();
+                        }
+                    }
+                    // Garbage after the last write (preallocated or stale).
+                    1 => {
+                        let mut f = fs::OpenOptions::new().append(true).open(&seg).unwrap();
+                        let junk: Vec<u8> = (0..rng.below(300)).map(|_| rng.next() as u8).collect();
+                        std::io::Write::write_all(&mut f, &junk).unwrap();
+                    }
+                    _ => {}
+                }
                 (log, w) = ChangeLog::open(o.clone()).unwrap();
                 tail = log.reader(pos).unwrap();
                 assert!(
