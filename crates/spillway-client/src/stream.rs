@@ -688,6 +688,11 @@ impl ChangeStream {
                     },
                 ])));
                 self.resume_at = Some(oldest_lsn);
+                // The stream goes on at `oldest_lsn`; when the log was
+                // repaired or restored (`ahead_of_log`), those lsns may be at
+                // or below what this stream received before: they are new
+                // events, never duplicates to drop.
+                self.last_received = oldest_lsn.checked_sub(1).filter(|l| *l > 0);
                 return;
             }
             Ok(Event::Change(c)) => StreamItem::Change(c),

@@ -531,6 +531,47 @@ async fn requery_is_typed_alone_in_its_batch_and_moves_the_resume_point() {
     assert_eq!(r[2].query("from_lsn").as_deref(), Some("13"));
 }
 
+/// Issue 8.3: after a repaired or restored log the server says
+/// `ahead_of_log` and goes on at its end, below lsns this stream already
+/// received. Those are new events: the client must not drop them as
+/// duplicates of a reconnect.
+#[tokio::test]
+async fn after_requery_ahead_of_the_log_lower_lsns_are_new_events() {
+    let f = fake(|n, _| match n {
+        0 => Reply::Stream(vec![
+            chunk(change(40, 1, "insert") + &change(41, 2, "insert")),
+            Step::Close,
+        ]),
+        _ => Reply::Stream(vec![
+            chunk(
+                format!(
+                    "{}\n",
+                    json!({"type": "requery_required", "requested_lsn": 42, "oldest_lsn": 31, "reason": "ahead_of_log", "timestamp": 1})
+                ) + &change(31, 3, "insert")
+                    + &change(32, 4, "insert"),
+            ),
+            Step::Hang,
+        ]),
+    })
+    .await;
+    let mut s = f
+        .client()
+        .stream_changes()
+        .from_lsn(40)
+        .backoff(FAST, FAST)
+        .await
+        .unwrap();
+    assert_eq!(lsns(&s.next_batch().await.unwrap()), [40, 41]);
+    assert!(matches!(
+        s.next_batch().await.unwrap()[..],
+        [StreamItem::RequeryRequired {
+            requested_lsn: 42,
+            oldest_lsn: 31
+        }]
+    ));
+    assert_eq!(lsns(&s.next_batch().await.unwrap()), [31, 32]);
+}
+
 #[tokio::test]
 async fn batches_follow_the_server_flushes_and_the_batch_size() {
     let five: String = (1..=5).map(|l| change(l, l as i64, "insert")).collect();
