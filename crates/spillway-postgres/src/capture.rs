@@ -20,7 +20,24 @@
 //!   connection is dropped by the log (recovery, or [`spillway_log::LogWriter::discard_uncommitted`]).
 //! * **Retry or stop.** Transient errors (network, server restart) reconnect with
 //!   exponential backoff and resume from the slot; definite ones (bad config, wal_level,
-//!   protocol violations) end the loop with an error.
+//!   protocol violations) end the loop with an error. The backoff starts again from its
+//!   shortest delay after a healthy connection ([`Backoff`]).
+//! * **A silent connection is a lost one.** Like PostgreSQL's `wal_receiver_timeout`: when
+//!   nothing at all arrives for [`CaptureConfig::receive_timeout`], the connection is
+//!   given up as a transient error (reconnect, the cut-off transaction is discarded and
+//!   resent whole). An idle walsender may legitimately send nothing for a long time, so
+//!   after a third of that time of silence (or a status interval, whichever is shorter) a
+//!   status update asks for a reply, which PostgreSQL answers with a keepalive. Every
+//!   write and catalog round trip on the replication path is bounded by the same timeout,
+//!   so a connection that stops relaying cannot hold the loop in a send either. TCP
+//!   keepalive and `TCP_USER_TIMEOUT` (see [`ConnectConfig`]) cover the other connections.
+//! * **A message that does not decode stops capture.** An unknown pgoutput message kind, a
+//!   truncated or malformed message is fatal, not retried: the walsender would resend the
+//!   very same bytes from the slot (decoding is deterministic and WAL is checksummed), and
+//!   corruption in transit is what TCP checksums and TLS are for, so a retry loop would
+//!   only hide a bug or a broken middlebox. Nothing of the transaction is confirmed (the
+//!   flush position only ever moves to durable commits), the error names the WAL position,
+//!   and a restart reads the transaction again from the slot.
 
 use crate::catalog;
 use crate::dsn::ConnectConfig;
@@ -36,6 +53,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// What to capture.
 #[derive(Debug, Clone)]
@@ -51,6 +69,49 @@ pub struct CaptureConfig {
     pub tables: Vec<(String, Option<Vec<String>>)>,
     /// How often a status update is sent even when nothing changed.
     pub status_interval: Duration,
+    /// Give the replication connection up when nothing arrives for this long (PostgreSQL's
+    /// `wal_receiver_timeout`); zero disables the deadline.
+    pub receive_timeout: Duration,
+}
+
+/// The reconnect delays: exponential from `initial` up to `max`, and back to `initial`
+/// after a healthy connection, so one blip after hours of streaming is retried at once
+/// while a server that keeps refusing is not hammered.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    /// A connection that received data from the walsender and stayed up at least this
+    /// long was healthy: the next failure is a new incident, not the same one again.
+    pub const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+
+    /// Delays `initial`, 2×`initial`, … capped at `max`.
+    pub fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff {
+            initial,
+            max,
+            next: initial,
+        }
+    }
+
+    /// The delay before the next attempt; the one after is twice as long (up to `max`).
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+
+    /// Records how a connection ended: `streamed_for` is the time from its first message
+    /// from the walsender to its end (`None` when it never got that far).
+    pub fn connection_ended(&mut self, streamed_for: Option<Duration>) {
+        if streamed_for.is_some_and(|d| d >= Self::HEALTHY_AFTER) {
+            self.next = self.initial;
+        }
+    }
 }
 
 /// Live state of the source, shared with the API and metrics.
@@ -124,12 +185,13 @@ pub async fn run(
     status: Arc<SourceStatus>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), CaptureError> {
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
     // Kept across reconnects: the relation cache makes a reconnect emit no
     // schema_change unless a table's shape really changed; types and keys stay known.
     let mut encoder = EventEncoder::new(cfg.connect.dbname.clone(), cfg.filter());
     let mut keys_known: HashMap<u32, ()> = HashMap::new();
     loop {
+        let mut first_message: Option<Instant> = None;
         let result = run_once(
             &cfg,
             &log,
@@ -138,8 +200,10 @@ pub async fn run(
             &mut shutdown,
             &mut encoder,
             &mut keys_known,
+            &mut first_message,
         )
         .await;
+        backoff.connection_ended(first_message.map(|t| t.elapsed()));
         encoder.abort_transaction();
         status.streaming.store(false, Ordering::Relaxed);
         match result {
@@ -148,15 +212,15 @@ pub async fn run(
                 return Ok(());
             }
             Err(CaptureError::Postgres(e)) if e.is_transient() => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "postgresql unavailable, reconnecting");
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "postgresql unavailable, reconnecting");
                 *status.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
                 // A transaction cut off mid-way will be resent whole.
                 writer.discard_uncommitted().await?;
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => return Ok(()),
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
             Err(e) => return Err(e),
         }
@@ -197,6 +261,91 @@ struct Pending {
     commit_lsn: u64,
 }
 
+/// Bounds one network round of the replication path by `limit` (zero = unbounded): a
+/// connection that stops relaying must not hold the loop in a write or a query.
+async fn bounded<T>(
+    limit: Duration,
+    what: &str,
+    round: impl std::future::Future<Output = Result<T, PgError>>,
+) -> Result<T, PgError> {
+    if limit.is_zero() {
+        return round.await;
+    }
+    match tokio::time::timeout(limit, round).await {
+        Ok(r) => r,
+        Err(_) => Err(connection_lost(format!(
+            "{what} did not complete within {} (source.receive_timeout)",
+            humanize(limit)
+        ))),
+    }
+}
+
+fn connection_lost(why: String) -> PgError {
+    PgError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, why))
+}
+
+fn humanize(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// Sends a standby status update, bounded by the receive timeout.
+async fn send_status(
+    stream: &mut ReplicationStream,
+    limit: Duration,
+    flush: u64,
+    reply: bool,
+) -> Result<(), PgError> {
+    bounded(
+        limit,
+        "sending a status update",
+        stream.send_status(flush, flush, reply),
+    )
+    .await
+}
+
+/// A walsender replaying a large transaction that the publication filters out sends
+/// nothing, and reads replies (pings included), only every `wal_sender_timeout / 2`: a
+/// receive timeout not above that would give up a working connection again and again.
+async fn warn_if_receive_timeout_too_short(
+    conn: &mut PgConnection,
+    receive_timeout: Duration,
+) -> Result<(), PgError> {
+    if receive_timeout.is_zero() {
+        return Ok(());
+    }
+    let rows = conn
+        .simple_query("SELECT setting FROM pg_settings WHERE name = 'wal_sender_timeout'")
+        .await?;
+    let sender_ms: Option<u64> = rows
+        .first()
+        .and_then(|r| r.first().cloned().flatten())
+        .and_then(|v| v.parse().ok());
+    if let Some(ms) = sender_ms.filter(|ms| *ms > 0) {
+        if receive_timeout <= Duration::from_millis(ms / 2) {
+            tracing::warn!(
+                receive_timeout = %humanize(receive_timeout),
+                wal_sender_timeout = %humanize(Duration::from_millis(ms)),
+                "source.receive_timeout is not above half of the server's wal_sender_timeout; a walsender busy with a large filtered-out transaction may be given up as lost; raise source.receive_timeout"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// How often to ask an idle walsender for a reply: a third of the receive timeout, or the
+/// status interval when that is shorter.
+fn ping_interval(receive_timeout: Duration, status_interval: Duration) -> Duration {
+    (receive_timeout / 3)
+        .min(status_interval)
+        .max(Duration::from_millis(10))
+}
+
+// The loop's state that outlives one connection is passed in piece by piece.
+#[allow(clippy::too_many_arguments)]
 async fn run_once(
     cfg: &CaptureConfig,
     log: &ChangeLog,
@@ -205,8 +354,10 @@ async fn run_once(
     shutdown: &mut watch::Receiver<bool>,
     encoder: &mut EventEncoder,
     keys_known: &mut HashMap<u32, ()>,
+    first_message: &mut Option<Instant>,
 ) -> Result<(), CaptureError> {
     let mut catalog_conn = prepare(cfg).await?;
+    warn_if_receive_timeout_too_short(&mut catalog_conn, cfg.receive_timeout).await?;
     let last = log.last_commit();
     let resume_after_commit = last.map(|c| c.pg_commit_lsn).unwrap_or(0);
     let start_lsn = last.map(|c| c.pg_end_lsn).unwrap_or(0);
@@ -239,8 +390,22 @@ async fn run_once(
     let mut tx_commit_lsn = 0u64;
     let mut ticker = tokio::time::interval(cfg.status_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The receive deadline. `last_rx` is when the last message was received and handled
+    // (handling may wait on the log writer; that is not the server's silence). One timer,
+    // moved lazily, so a busy stream does not re-arm a timer per message.
+    let limit = cfg.receive_timeout;
+    let ping_every = ping_interval(limit, cfg.status_interval);
+    let mut last_rx = Instant::now();
+    let mut last_ping = last_rx;
+    let mut received = false;
+    let watchdog = tokio::time::sleep(ping_every);
+    tokio::pin!(watchdog);
 
     loop {
+        if received {
+            received = false;
+            last_rx = Instant::now();
+        }
         tokio::select! {
             biased;
             _ = shutdown.changed() => {
@@ -251,9 +416,17 @@ async fn run_once(
                     confirmed = target;
                     status.confirmed_flush_lsn.store(confirmed, Ordering::Relaxed);
                 }
-                stream.send_status(confirmed, confirmed, false).await.ok();
-                stream.close().await;
-                catalog_conn.close().await;
+                // Bounded: a stalled connection must not keep the process from stopping.
+                let bye = async {
+                    send_status(&mut stream, limit, confirmed, false).await.ok();
+                    stream.close().await;
+                    catalog_conn.close().await;
+                };
+                if limit.is_zero() {
+                    bye.await;
+                } else {
+                    let _ = tokio::time::timeout(limit, bye).await;
+                }
                 return Ok(());
             }
             changed = durable_rx.changed() => {
@@ -265,16 +438,26 @@ async fn run_once(
                 if target > confirmed {
                     confirmed = target;
                     status.confirmed_flush_lsn.store(confirmed, Ordering::Relaxed);
-                    stream.send_status(confirmed, confirmed, false).await?;
+                    send_status(&mut stream, limit, confirmed, false).await?;
                 }
             }
             _ = ticker.tick() => {
-                stream.send_status(confirmed, confirmed, false).await?;
-                if let Some(bytes) = catalog::retained_wal_bytes(&mut catalog_conn, &cfg.slot).await? {
+                send_status(&mut stream, limit, confirmed, false).await?;
+                let retained = bounded(
+                    limit,
+                    "the slot's retained-wal query",
+                    catalog::retained_wal_bytes(&mut catalog_conn, &cfg.slot),
+                )
+                .await?;
+                if let Some(bytes) = retained {
                     status.wal_retained_bytes.store(bytes, Ordering::Relaxed);
                 }
             }
             msg = stream.recv() => {
+                received = true;
+                if first_message.is_none() {
+                    *first_message = Some(Instant::now());
+                }
                 match msg? {
                     ReplicationMessage::Keepalive { wal_end, reply_requested, .. } => {
                         status.server_wal_end.store(wal_end, Ordering::Relaxed);
@@ -284,17 +467,17 @@ async fn run_once(
                             if durable >= appended_end && idle_confirmable > confirmed {
                                 confirmed = idle_confirmable;
                                 status.confirmed_flush_lsn.store(confirmed, Ordering::Relaxed);
-                                stream.send_status(confirmed, confirmed, false).await?;
+                                send_status(&mut stream, limit, confirmed, false).await?;
                                 continue;
                             }
                         }
                         if reply_requested {
-                            stream.send_status(confirmed, confirmed, false).await?;
+                            send_status(&mut stream, limit, confirmed, false).await?;
                         }
                     }
                     ReplicationMessage::XLogData { wal_start, wal_end, data, .. } => {
                         status.server_wal_end.store(wal_end, Ordering::Relaxed);
-                        let message = decode(&data).map_err(|e| PgError::Decode(e.to_string()))?;
+                        let message = decode(&data).map_err(|e| undecodable(e, wal_start))?;
                         match &message {
                             PgOutputMessage::Begin(b) => {
                                 in_tx = true;
@@ -331,7 +514,7 @@ async fn run_once(
                         let lsn_before = next_lsn;
                         encoder
                             .encode(&message, wal_start, &mut next_lsn, &mut out)
-                            .map_err(|e| PgError::Decode(e.to_string()))?;
+                            .map_err(|e| undecodable(e, wal_start))?;
                         if skipping {
                             // The encoder still learns relations and transaction bounds,
                             // but nothing of a transaction the log already holds is kept.
@@ -355,8 +538,36 @@ async fn run_once(
                     }
                 }
             }
+            // Last, so a message already waiting always wins over the deadline.
+            () = &mut watchdog, if !limit.is_zero() => {
+                let now = Instant::now();
+                if now.duration_since(last_rx) >= limit {
+                    return Err(connection_lost(format!(
+                        "nothing received from the server for {} (source.receive_timeout)",
+                        humanize(limit)
+                    ))
+                    .into());
+                }
+                if now.duration_since(last_rx) >= ping_every
+                    && now.duration_since(last_ping) >= ping_every
+                {
+                    send_status(&mut stream, limit, confirmed, true).await?;
+                    last_ping = now;
+                }
+                watchdog
+                    .as_mut()
+                    .reset((last_rx + limit).min(last_rx.max(last_ping) + ping_every));
+            }
         }
     }
+}
+
+/// A pgoutput message that does not decode (or encode): fatal, see the module doc.
+fn undecodable(e: impl std::fmt::Display, wal_start: u64) -> PgError {
+    PgError::Decode(format!(
+        "{e} (XLogData at {}); capture stopped without confirming it, and a restart reads it again from the slot",
+        spillway_pgoutput::message::format_pg_lsn(wal_start)
+    ))
 }
 
 fn unix_now_us() -> i64 {
@@ -454,4 +665,70 @@ async fn prepare_relation(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let mut b = Backoff::new(ms(250), ms(2000));
+        let delays: Vec<Duration> = (0..6).map(|_| b.next_delay()).collect();
+        assert_eq!(
+            delays,
+            [ms(250), ms(500), ms(1000), ms(2000), ms(2000), ms(2000)]
+        );
+    }
+
+    #[test]
+    fn backoff_resets_only_after_a_healthy_connection() {
+        let mut b = Backoff::new(ms(250), Duration::from_secs(30));
+        for _ in 0..5 {
+            b.next_delay();
+        }
+        // Refused before streaming, or streamed only briefly: the same incident goes on.
+        b.connection_ended(None);
+        assert_eq!(b.next_delay(), ms(8000));
+        b.connection_ended(Some(Backoff::HEALTHY_AFTER - ms(1)));
+        assert_eq!(b.next_delay(), ms(16000));
+        // Streamed for a while: the next failure starts from the shortest delay again.
+        b.connection_ended(Some(Backoff::HEALTHY_AFTER));
+        assert_eq!(b.next_delay(), ms(250));
+        assert_eq!(b.next_delay(), ms(500));
+    }
+
+    #[test]
+    fn idle_walsenders_are_pinged_well_within_the_receive_timeout() {
+        assert_eq!(
+            ping_interval(Duration::from_secs(30), Duration::from_secs(10)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            ping_interval(Duration::from_secs(3), Duration::from_secs(10)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            ping_interval(Duration::from_secs(60), Duration::from_secs(10)),
+            Duration::from_secs(10)
+        );
+    }
+
+    #[test]
+    fn decode_errors_are_one_line_fatal_and_name_the_position() {
+        let e = undecodable("unknown pgoutput message kind 0x3f", 0x1_0000_0028);
+        assert!(!e.is_transient());
+        let text = e.to_string();
+        assert!(text.contains("0x3f") && text.contains("1/28"), "{text}");
+        assert!(!text.contains('\n'));
+    }
+
+    #[test]
+    fn a_silent_connection_is_transient() {
+        assert!(connection_lost("nothing received".into()).is_transient());
+    }
 }

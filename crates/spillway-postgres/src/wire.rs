@@ -65,6 +65,7 @@ impl PgConnection {
                 source,
             })?;
         tcp.set_nodelay(true).ok();
+        tune_socket(&tcp, cfg);
         let (stream, tls): (Box<dyn Io>, bool) = if cfg.sslmode == SslMode::Disable {
             (Box::new(tcp), false)
         } else {
@@ -274,17 +275,18 @@ impl PgConnection {
     }
 
     /// Reads one backend message. Cancel-safe.
+    ///
+    /// A length word outside `4..=MAX_BACKEND_MESSAGE_LEN` is a protocol error, and the
+    /// buffer grows with the bytes that really arrive (at most [`RECV_GROW_STEP`] ahead),
+    /// so a corrupt length can neither make the process allocate gigabytes up front nor
+    /// wait for a frame PostgreSQL could never have sent.
     pub(crate) async fn recv(&mut self) -> Result<RawMessage, PgError> {
         loop {
             if self.rbuf.len() >= 5 {
                 let len =
                     u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]])
                         as usize;
-                if len < 4 {
-                    return Err(PgError::Protocol(format!(
-                        "message length {len} is invalid"
-                    )));
-                }
+                check_frame_len(self.rbuf[0], len)?;
                 if self.rbuf.len() > len {
                     let mut frame = self.rbuf.split_to(len + 1);
                     let tag = frame[0];
@@ -294,7 +296,8 @@ impl PgConnection {
                         body: frame.freeze(),
                     });
                 }
-                self.rbuf.reserve(len + 1 - self.rbuf.len());
+                let missing = len + 1 - self.rbuf.len();
+                self.rbuf.reserve(missing.min(RECV_GROW_STEP));
             }
             if self.rbuf.capacity() - self.rbuf.len() < 8192 {
                 self.rbuf.reserve(64 * 1024);
@@ -338,6 +341,37 @@ impl PgConnection {
     }
 }
 
+/// The largest length word (body + the 4 bytes of the word itself) accepted from the
+/// server: 1 GiB - 1 + 4.
+///
+/// Why this bound: every backend message is assembled in one PostgreSQL `StringInfo`,
+/// which cannot grow past `MaxAllocSize` (1 GiB - 1; "Cannot enlarge string buffer"
+/// otherwise). That holds for the walsender too: the XLogData header and the whole
+/// pgoutput message (a row with several large TOASTed values included) are built in one
+/// such buffer before they are sent as one CopyData message. So no server sends a longer
+/// message; anything above is a corrupt or hostile stream.
+pub(crate) const MAX_BACKEND_MESSAGE_LEN: usize = 0x3fff_ffff + 4;
+
+/// How far ahead of the bytes received the read buffer grows for a long message.
+const RECV_GROW_STEP: usize = 8 << 20;
+
+/// Validates the length word of a backend message (`tag` for the error message).
+fn check_frame_len(tag: u8, len: usize) -> Result<(), PgError> {
+    if len < 4 {
+        return Err(PgError::Protocol(format!(
+            "message `{}` has length {len}, below the minimum of 4",
+            tag.escape_ascii()
+        )));
+    }
+    if len > MAX_BACKEND_MESSAGE_LEN {
+        return Err(PgError::Protocol(format!(
+            "message `{}` claims {len} bytes, more than the {MAX_BACKEND_MESSAGE_LEN} PostgreSQL can send; the stream is corrupt",
+            tag.escape_ascii()
+        )));
+    }
+    Ok(())
+}
+
 fn password(cfg: &ConnectConfig) -> Result<&str, PgError> {
     cfg.password.as_deref().ok_or_else(|| {
         PgError::Auth(format!(
@@ -345,6 +379,32 @@ fn password(cfg: &ConnectConfig) -> Result<&str, PgError> {
             cfg.user
         ))
     })
+}
+
+/// TCP keepalive and, on Linux, `TCP_USER_TIMEOUT`, as the dsn says (see
+/// [`ConnectConfig`]): a peer that vanished without a FIN or RST (a host that lost power,
+/// a network partition) then fails the socket in about half a minute instead of the
+/// kernel's defaults (two hours of silence for keepalive, ~15 minutes of retransmissions
+/// for data in flight). A socket option the platform refuses is logged, not fatal.
+fn tune_socket(tcp: &TcpStream, cfg: &ConnectConfig) {
+    let sock = socket2::SockRef::from(tcp);
+    if cfg.keepalives {
+        let params = socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(cfg.keepalives_idle_secs.max(1)))
+            .with_interval(Duration::from_secs(cfg.keepalives_interval_secs.max(1)));
+        #[cfg(any(target_os = "linux", target_os = "android", target_vendor = "apple"))]
+        let params = params.with_retries(cfg.keepalives_count.max(1));
+        if let Err(e) = sock.set_tcp_keepalive(&params) {
+            tracing::warn!(error = %e, addr = %cfg.addr(), "cannot enable tcp keepalive");
+        }
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if cfg.tcp_user_timeout_ms > 0 {
+        let t = Duration::from_millis(cfg.tcp_user_timeout_ms);
+        if let Err(e) = sock.set_tcp_user_timeout(Some(t)) {
+            tracing::warn!(error = %e, addr = %cfg.addr(), "cannot set TCP_USER_TIMEOUT");
+        }
+    }
 }
 
 async fn negotiate_tls(
@@ -484,6 +544,85 @@ mod tests {
         assert_eq!(parse_data_row(&body).unwrap(), vec![Some("x".into()), None]);
         body.truncate(6);
         assert!(parse_data_row(&body).is_err());
+    }
+
+    /// A connection over an in-memory pipe; the other end plays the server.
+    fn piped() -> (PgConnection, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let conn = PgConnection {
+            stream: Box::new(ours),
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            params: HashMap::new(),
+            tls: false,
+        };
+        (conn, theirs)
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn frames_arrive_whole_even_in_pieces() {
+        rt().block_on(async {
+            let (mut conn, mut server) = piped();
+            let mut frame = vec![b'd', 0, 0, 0, 9];
+            frame.extend_from_slice(b"hello");
+            let writer = tokio::spawn(async move {
+                for b in frame {
+                    server.write_all(&[b]).await.unwrap();
+                }
+                server
+            });
+            let msg = conn.recv().await.unwrap();
+            assert_eq!((msg.tag, &msg.body[..]), (b'd', &b"hello"[..]));
+            drop(writer.await.unwrap());
+        });
+    }
+
+    #[test]
+    fn a_length_beyond_what_postgresql_can_send_is_a_protocol_error() {
+        rt().block_on(async {
+            for len in [u32::MAX, (MAX_BACKEND_MESSAGE_LEN + 1) as u32, 3] {
+                let (mut conn, mut server) = piped();
+                let mut header = vec![b'd'];
+                header.extend_from_slice(&len.to_be_bytes());
+                server.write_all(&header).await.unwrap();
+                let e = tokio::time::timeout(Duration::from_secs(5), conn.recv())
+                    .await
+                    .expect("an error at once, not a wait for the claimed bytes")
+                    .unwrap_err();
+                assert!(matches!(e, PgError::Protocol(_)), "{e}");
+                let text = e.to_string();
+                assert!(!text.contains('\n'), "{text}");
+                assert!(text.contains(&len.to_string()), "{text}");
+                // Nothing was reserved for the claimed length.
+                assert!(conn.rbuf.capacity() < 1 << 30, "{}", conn.rbuf.capacity());
+            }
+        });
+    }
+
+    #[test]
+    fn a_long_frame_grows_the_buffer_with_the_bytes_that_arrive() {
+        rt().block_on(async {
+            let (mut conn, mut server) = piped();
+            // Claims 512 MiB (allowed), sends only the header and a few bytes.
+            let mut header = vec![b'd'];
+            header.extend_from_slice(&((512u32 << 20) + 4).to_be_bytes());
+            header.extend_from_slice(b"abc");
+            server.write_all(&header).await.unwrap();
+            let read = tokio::time::timeout(Duration::from_millis(200), conn.recv()).await;
+            assert!(read.is_err(), "the frame is incomplete");
+            assert!(
+                conn.rbuf.capacity() <= 2 * RECV_GROW_STEP,
+                "reserved {} bytes for 8 received",
+                conn.rbuf.capacity()
+            );
+        });
     }
 
     #[test]

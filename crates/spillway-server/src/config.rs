@@ -319,6 +319,8 @@ struct RawSource {
     tables: Option<RawTables>,
     /// Must be `pgoutput` when given (reference 001's OUTPUT_PLUGIN).
     output_plugin: Option<String>,
+    /// Reconnect when nothing arrives on the replication connection for this long.
+    receive_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -383,6 +385,9 @@ pub struct SourceConfig {
     pub publication: String,
     /// Table patterns and the operations to keep for each (None = all).
     pub tables: Vec<(String, Option<Vec<String>>)>,
+    /// Give the replication connection up (and reconnect) when nothing arrives for this
+    /// long, like PostgreSQL's `wal_receiver_timeout`; zero = never.
+    pub receive_timeout: std::time::Duration,
 }
 
 /// `[log]`, validated.
@@ -413,6 +418,12 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 pub const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(168 * 3600);
 /// Default API address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7654";
+/// Default receive timeout of the replication connection: 60 s, PostgreSQL's own
+/// `wal_receiver_timeout`. Not less: an idle walsender answers Spillway's pings at once,
+/// but one replaying a large transaction that the publication filters out answers only
+/// every `wal_sender_timeout / 2` (30 s by default), so a shorter deadline would cut it
+/// off again and again while it is working.
+pub const DEFAULT_RECEIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 const OPERATIONS: &[&str] = &["insert", "update", "delete", "truncate"];
 
@@ -423,6 +434,7 @@ const KEYS: &[(&str, &str, Option<&str>)] = &[
     ("source", "publication", Some("PUBLICATION_NAME")),
     ("source", "tables", Some("TABLE_FILTER")),
     ("source", "output_plugin", Some("OUTPUT_PLUGIN")),
+    ("source", "receive_timeout", None),
     ("log", "dir", None),
     ("log", "segment_bytes", None),
     ("log", "retention", None),
@@ -724,6 +736,22 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             }
         }
     }
+    let receive_timeout = match raw.source.receive_timeout {
+        None => DEFAULT_RECEIVE_TIMEOUT,
+        Some(t) => match parse_duration(&t) {
+            Some(d) if d.is_zero() || d >= std::time::Duration::from_secs(1) => d,
+            Some(_) => {
+                return Err(err(format!(
+                    "source.receive_timeout = `{t}` is too short; use at least \"1s\" (or \"0\" for no deadline)"
+                )))
+            }
+            None => {
+                return Err(err(format!(
+                    "source.receive_timeout = `{t}` is not a duration; write e.g. \"30s\" or \"0\" for no deadline"
+                )))
+            }
+        },
+    };
     let segment_bytes = match raw.log.segment_bytes {
         None => DEFAULT_SEGMENT_BYTES,
         Some(Size::Int(n)) => n,
@@ -807,6 +835,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             slot,
             publication,
             tables,
+            receive_timeout,
         },
         log: LogConfig {
             dir: raw
@@ -1022,6 +1051,78 @@ listen = "127.0.0.1:7654"
             Some(std::time::Duration::from_secs(604_800))
         );
         assert_eq!(parse_duration("x"), None);
+    }
+
+    #[test]
+    fn the_dsn_password_never_shows() {
+        // (a dsn, the same with a mistake)
+        for (dsn, bad) in [
+            (
+                "postgres://u:Kq7@Zx9@h/db",
+                "postgres://u:Kq7@Zx9@h:99999/db",
+            ),
+            (
+                "postgres://u@h/db?sslmode=disable&password=Kq7@Zx9",
+                "postgres://u@h/db?sslmode=bogus&password=Kq7@Zx9",
+            ),
+            (
+                "host=h user=u password='Kq7 @Zx9' dbname=db",
+                "host=h user=u password='Kq7 @Zx9' port=x",
+            ),
+        ] {
+            let file = |d: &str| format!("[source]\ndsn = \"{d}\"\n");
+            let c = Config::from_parts(Some(("f", &file(dsn))), &[]).unwrap();
+            assert!(c.source.connect.password.is_some());
+            let shown = format!("{c:?} {}", c.source.connect);
+            assert!(
+                !shown.contains("Kq7") && !shown.contains("Zx9"),
+                "{dsn} shows as {shown}"
+            );
+            let e = Config::from_parts(Some(("f", &file(bad))), &[])
+                .map(|_| ())
+                .unwrap_err()
+                .0;
+            assert!(e.starts_with("source.dsn"), "{e}");
+            assert!(!e.contains("Kq7") && !e.contains("Zx9"), "{e}");
+        }
+    }
+
+    #[test]
+    fn receive_timeout() {
+        let base = "[source]\ndsn = \"postgres://h/db\"\n";
+        let c = Config::from_parts(Some(("f", base)), &[]).unwrap();
+        assert_eq!(c.source.receive_timeout, DEFAULT_RECEIVE_TIMEOUT);
+        assert_eq!(DEFAULT_RECEIVE_TIMEOUT, std::time::Duration::from_secs(60));
+        let c = Config::from_parts(
+            Some(("f", &format!("{base}receive_timeout = \"2s\"\n"))),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.source.receive_timeout, std::time::Duration::from_secs(2));
+        let c = Config::from_parts(
+            Some(("f", base)),
+            &env(&[("SPILLWAY_SOURCE_RECEIVE_TIMEOUT", "90s")]),
+        )
+        .unwrap();
+        assert_eq!(c.source.receive_timeout, std::time::Duration::from_secs(90));
+        let c = Config::from_parts(
+            Some(("f", &format!("{base}receive_timeout = \"0\"\n"))),
+            &[],
+        )
+        .unwrap();
+        assert!(c.source.receive_timeout.is_zero());
+        for bad in ["soon", "500ms"] {
+            let e = Config::from_parts(
+                Some(("f", &format!("{base}receive_timeout = \"{bad}\"\n"))),
+                &[],
+            )
+            .unwrap_err()
+            .0;
+            assert!(
+                e.contains("source.receive_timeout") && !e.contains('\n'),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -158,6 +158,7 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
         publication: config.source.publication.clone(),
         tables: config.source.tables.clone(),
         status_interval: Duration::from_secs(10),
+        receive_timeout: config.source.receive_timeout,
     };
     // Fail fast on what no retry can fix (unreachable server, wal_level, privileges).
     capture::prepare(&capture_cfg).await?.close().await;

@@ -8,6 +8,7 @@
 mod cli;
 mod pg;
 mod pg_durability;
+mod pg_network;
 mod pg_publication;
 mod pg_recovery;
 mod pg_stream;
