@@ -149,6 +149,49 @@ async fn retention_task(
     }
 }
 
+/// Gives every configured sink a checkpoint before retention first runs (0 —
+/// nothing delivered — for a new one), so a sink whose destination is down
+/// from its first start still holds back age-based retention. Warns about
+/// checkpoints of sinks no longer configured: they hold retention back too.
+async fn register_sink_checkpoints(log: &ChangeLog, config: &Config) -> Result<(), RunError> {
+    let store = log.checkpoints().clone();
+    let names: Vec<String> = config
+        .sinks
+        .iter()
+        .map(|s| s.settings.name.clone())
+        .collect();
+    let res = tokio::task::spawn_blocking(move || {
+        for name in &names {
+            store.ensure(&spillway_sinks::checkpoint_name(name), 0)?;
+        }
+        let configured: Vec<String> = names
+            .iter()
+            .map(|n| spillway_sinks::checkpoint_name(n))
+            .collect();
+        Ok::<_, spillway_log::LogError>(
+            store
+                .list()?
+                .into_iter()
+                .filter(|c| c.name.starts_with("sink:") && !configured.contains(&c.name))
+                .collect::<Vec<_>>(),
+        )
+    })
+    .await
+    .map_err(|e| RunError::Internal(e.to_string()))?;
+    let orphans = res.map_err(|source| RunError::Log {
+        dir: log.dir().display().to_string(),
+        source,
+    })?;
+    for cp in orphans {
+        tracing::warn!(
+            checkpoint = %cp.name,
+            lsn = cp.lsn,
+            "a sink that is no longer configured still has a checkpoint; it holds back age-based retention (remove it with `spillway admin cdc forget-sink NAME` while spillway is stopped)"
+        );
+    }
+    Ok(())
+}
+
 /// Opens the log, binds the API and starts capturing. Fails at once on a bad log
 /// directory, an unusable listen address, or a server without `wal_level = logical`.
 pub async fn start(config: Config) -> Result<Running, RunError> {
@@ -165,6 +208,7 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
     let dir = config.log.dir.clone();
     let mut opts = LogOptions::new(dir.clone());
     opts.segment_bytes = config.log.segment_bytes;
+    opts.max_bytes = config.log.max_bytes;
     let (log, writer) = tokio::task::spawn_blocking(move || ChangeLog::open(opts))
         .await
         .map_err(|e| RunError::Internal(e.to_string()))?
@@ -219,6 +263,7 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
         });
         sink_starts.push((sink.settings.clone(), destination, status));
     }
+    register_sink_checkpoints(&log, &config).await?;
     let source = Arc::new(SourceStatus::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = api::ApiState {
