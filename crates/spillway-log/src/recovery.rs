@@ -147,9 +147,11 @@ pub(crate) fn recover(opts: &LogOptions) -> Result<Recovered, LogError> {
                         follows: format!("the newer segment {}", segment_file_name(next)),
                     });
                 }
-                if let ScanStop::Bad { offset } = scan.stop {
-                    check_tail_is_torn(&path, offset, expected)?;
-                }
+                // A bad length field reads as a record running past the
+                // end (Torn), a bad checksum as Bad: either may be damage
+                // in front of durable records, so both are checked.
+                check_tail_is_torn(&path, offset, expected)?;
+                keep_torn_bytes(dir, &path, offset);
                 warn!(segment = %path.display(), stop = ?scan.stop, "change log recovery: discarding a torn tail (bytes written but never made durable)");
             }
         }
@@ -379,10 +381,44 @@ pub(crate) fn find_valid_record(bytes: &[u8], min_lsn: u64) -> Option<(usize, u6
     None
 }
 
-/// Whether `bytes` (starting at file offset `base`) holds an aligned,
-/// all-zero file-system block that ends at or before file offset `end`.
+/// Copies the invalid bytes a recovery is about to cut (from `offset` to the
+/// end of the segment) to `<segment>.<offset>.torn` next to it, for
+/// inspection: they were never durable, but a person investigating a crash
+/// may want them. Best effort — a failure is logged, never fatal. Only a
+/// torn write (a machine crash, not a process crash) leaves such bytes, so
+/// these files are rare; nothing deletes them.
+fn keep_torn_bytes(dir: &Path, path: &Path, offset: u64) {
+    let Ok(bytes) = fs::read(path) else { return };
+    let Some(rest) = usize::try_from(offset).ok().and_then(|o| bytes.get(o..)) else {
+        return;
+    };
+    if rest.is_empty() {
+        return;
+    }
+    let name = format!(
+        "{}.{offset}.torn",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("segment")
+    );
+    let target = dir.join(name);
+    match write_file_atomically(&target, rest) {
+        Ok(()) => warn!(file = %target.display(), bytes = rest.len(), "change log recovery: kept the cut bytes for inspection"),
+        Err(e) => warn!(error = %e, "change log recovery: could not keep the cut bytes"),
+    }
+}
+
+/// Whether `bytes` (starting at file offset `base`) holds a hole a crash
+/// during write-back leaves, ending at or before file offset `end`: an
+/// aligned all-zero file-system block, or zeros from `base` to the end of
+/// its block (a block whose beginning was durable before and whose new
+/// part was never written back).
 pub(crate) fn has_zero_block(bytes: &[u8], base: u64, end: u64) -> bool {
     let mut block = base.div_ceil(FS_BLOCK) * FS_BLOCK;
+    if block > base && block <= end {
+        let head = (block - base) as usize;
+        if bytes.get(..head).is_some_and(|b| b.iter().all(|x| *x == 0)) {
+            return true;
+        }
+    }
     while block + FS_BLOCK <= end {
         let lo = (block - base) as usize;
         let hi = lo + FS_BLOCK as usize;

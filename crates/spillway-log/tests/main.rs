@@ -467,6 +467,96 @@ async fn corruption_followed_by_valid_records_is_refused_then_repaired() {
         .is_empty());
 }
 
+/// Issue 8.3 (found by review): a damaged *length* field makes the record
+/// look as if it ran past the end of the file — that must be refused like
+/// any other damage followed by valid records, not cut as a torn tail.
+#[tokio::test]
+async fn damaged_length_field_followed_by_valid_records_is_refused() {
+    for byte in [1u64, 2, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        build_log(dir.path(), 1 << 20, 50, 5).await;
+        let seg = files_with_ext(dir.path(), "seg").pop().unwrap();
+        let records = record_offsets(&seg);
+        let (lsn, start, _) = records[20];
+        assert_eq!(lsn, 21);
+        flip_byte(&seg, start + byte);
+        let before = fs::read(&seg).unwrap();
+        match ChangeLog::open(opts(dir.path(), 1 << 20)) {
+            Err(LogError::Damaged {
+                segment, offset, ..
+            }) => {
+                assert_eq!(segment, seg);
+                assert_eq!(offset, start);
+            }
+            Err(e) => panic!("length byte {byte}: {e}"),
+            Ok(_) => panic!("length byte {byte}: a damaged length field cut durable records"),
+        }
+        assert_eq!(fs::read(&seg).unwrap(), before, "refusing must not change the file");
+    }
+}
+
+/// Zeros from the cut to the end of its file-system block, with valid
+/// records in the next block, are what write-back leaves when a block whose
+/// beginning was durable never got its new part written: a torn tail. The
+/// cut bytes are kept in a `.torn` file next to the segment.
+#[tokio::test]
+async fn zeros_to_the_end_of_a_block_are_a_torn_tail_and_the_cut_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    build_log(dir.path(), 1 << 20, 400, 5).await;
+    let seg = files_with_ext(dir.path(), "seg").pop().unwrap();
+    let records = record_offsets(&seg);
+    let mut bytes = fs::read(&seg).unwrap();
+    // A record that starts inside block 2 (not on its boundary): zero from
+    // there to the end of the block.
+    let (_, start, _) = *records
+        .iter()
+        .find(|r| r.1 > 8192 && r.1 < 12288 - 64)
+        .unwrap();
+    bytes[start as usize..12288].fill(0);
+    fs::write(&seg, &bytes).unwrap();
+    let last_whole = records.iter().filter(|r| r.2 <= start).count() as u64;
+    let expect = last_whole - last_whole % 5;
+    let (log, w) = ChangeLog::open(opts(dir.path(), 1 << 20)).unwrap();
+    assert_eq!(log.committed_lsn(), expect);
+    check_records(&read_all(&log, 1).unwrap(), 1);
+    w.close().await.unwrap();
+    let torn: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".torn"))
+        .collect();
+    assert_eq!(torn.len(), 1, "{torn:?}");
+    assert!(torn[0].to_string_lossy().ends_with(&format!(".{start}.torn")));
+    assert_eq!(fs::read(&torn[0]).unwrap(), bytes[start as usize..]);
+    // A reopen does not treat the kept file as part of the log.
+    drop(log);
+    let (log, w) = ChangeLog::open(opts(dir.path(), 1 << 20)).unwrap();
+    assert_eq!(log.committed_lsn(), expect);
+    w.close().await.unwrap();
+}
+
+/// The same zeros in front of the next block *without* reaching the block
+/// end are not a write-back hole: refused as damage.
+#[tokio::test]
+async fn zeros_short_of_the_block_end_before_valid_records_are_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    build_log(dir.path(), 1 << 20, 400, 5).await;
+    let seg = files_with_ext(dir.path(), "seg").pop().unwrap();
+    let records = record_offsets(&seg);
+    let mut bytes = fs::read(&seg).unwrap();
+    let (_, start, end) = *records
+        .iter()
+        .find(|r| r.1 > 8192 && r.2 < 12288 - 64)
+        .unwrap();
+    bytes[start as usize..end as usize].fill(0);
+    fs::write(&seg, &bytes).unwrap();
+    match ChangeLog::open(opts(dir.path(), 1 << 20)) {
+        Err(LogError::Damaged { offset, .. }) => assert_eq!(offset, start),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("zeros inside a block were cut as a torn tail"),
+    }
+}
+
 /// Damage in the last record, with nothing valid after it, is a torn tail.
 #[tokio::test]
 async fn corrupt_last_record_is_a_torn_tail() {
