@@ -264,3 +264,36 @@ async fn disk_full_on_write_names_enospc_and_keeps_only_durable_data() {
     assert_eq!(log.committed_lsn(), 1);
     w.close().await.unwrap();
 }
+
+/// Issue 8.2 (found by review): the bytes a failed fsync covered are cut
+/// from the segment before anyone hears of the failure — not only when the
+/// writer next runs. A process killed in between would otherwise leave them
+/// in the page cache for the next open to read back as durable.
+#[tokio::test]
+async fn failed_fsync_cuts_the_segment_before_the_failure_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LogOptions::new(dir.path());
+    let (log, mut w) = ChangeLog::open(opts).unwrap();
+    w.append(rec(1, true)).await.unwrap();
+    w.flush().await.unwrap();
+    let seg = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "seg"))
+        .unwrap();
+    let durable_len = std::fs::metadata(&seg).unwrap().len();
+
+    faults::inject(dir.path(), faults::Op::Fsync, EIO);
+    // Not a transaction end: nothing starts a group commit before the flush.
+    w.append(rec(2, false)).await.unwrap();
+    assert!(w.flush().await.is_err());
+    // The writer thread has not run since it handed the group over (it
+    // waits for the next command); the sync thread made the cut.
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), durable_len);
+    faults::clear(dir.path(), faults::Op::Fsync);
+    drop(w);
+    drop(log);
+    let (log, w) = ChangeLog::open(LogOptions::new(dir.path())).unwrap();
+    assert_eq!(log.committed_lsn(), 1);
+    w.close().await.unwrap();
+}

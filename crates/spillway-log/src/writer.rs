@@ -374,6 +374,13 @@ struct SyncState {
 struct SyncShared {
     state: Mutex<SyncState>,
     cond: Condvar,
+    /// Held by the writer while it writes to the active segment and by the
+    /// sync thread while it cuts the segment after a failed fsync, so that
+    /// no write lands after the cut.
+    write_gate: Mutex<()>,
+    /// Set (under `write_gate`) once the sync thread has cut the segment
+    /// after a failed fsync: the writer must not write again.
+    cut: std::sync::atomic::AtomicBool,
 }
 
 impl SyncShared {
@@ -409,7 +416,7 @@ impl Syncer {
                 job
             };
             let end = (job.seg.base_lsn, job.end_offset);
-            let ok = self.sync_job(job);
+            let ok = self.sync_job(job, |this, job| this.cut_after_failed_fsync(job));
             let mut st = lock(&self.sync.state);
             st.busy = false;
             st.busy_bytes = 0;
@@ -431,8 +438,27 @@ impl Syncer {
         }
     }
 
-    /// fsyncs and publishes one job; false if the fsync failed.
-    fn sync_job(&mut self, job: SyncJob) -> bool {
+    /// After a failed fsync, before anyone hears of it: cuts the segment
+    /// back to its last durable byte, so that the bytes the kernel may have
+    /// marked clean without writing are gone from the page cache at once.
+    /// Otherwise a process killed before the writer's own (fsynced) cut
+    /// leaves them for the next open in this boot to read back as durable
+    /// and confirm. The writer still makes its cut (fsynced, or a marker).
+    fn cut_after_failed_fsync(&self, job: &SyncJob) {
+        let _gate = lock(&self.sync.write_gate);
+        self.sync.cut.store(true, Ordering::Release);
+        let (base, offset) = lock(&self.sync.state).durable_end;
+        if base != job.seg.base_lsn {
+            return;
+        }
+        if let Err(e) = truncate_file(&job.file, &job.seg.path, &self.shared.opts.dir, offset) {
+            error!(error = %e, segment = %job.seg.path.display(), offset, "change log: could not cut the segment back after the failed fsync");
+        }
+    }
+
+    /// fsyncs and publishes one job; false if the fsync failed (then
+    /// `on_failure` runs before any waiter is told).
+    fn sync_job(&mut self, job: SyncJob, on_failure: impl FnOnce(&Self, &SyncJob)) -> bool {
         let started = Instant::now();
         let res = crate::faults::check(&self.shared.opts.dir, crate::faults::Op::Fsync)
             .and_then(|()| job.file.sync_data());
@@ -442,6 +468,7 @@ impl Syncer {
             // writer cuts the segment back to what is known durable.
             self.shared
                 .poison(&LogError::io("fsync", &job.seg.path, io_clone(&e)));
+            on_failure(self, &job);
             error!(error = %e, segment = %job.seg.path.display(), "change log fsync failed; the log is poisoned until reopened");
             let mut waiters = job.waiters.into_iter();
             if let Some(first) = waiters.next() {
@@ -721,8 +748,14 @@ impl WriterThread {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let res = crate::faults::check(&self.shared.opts.dir, crate::faults::Op::Write)
-            .and_then(|()| (&*self.file).write_all(&self.buf));
+        let res = {
+            let _gate = lock(&self.sync.write_gate);
+            if self.sync.cut.load(Ordering::Acquire) {
+                return Err(self.shared.poisoned_error());
+            }
+            crate::faults::check(&self.shared.opts.dir, crate::faults::Op::Write)
+                .and_then(|()| (&*self.file).write_all(&self.buf))
+        };
         if let Err(e) = res {
             return Err(self.poison(LogError::io("write", &self.seg.path, e)));
         }
