@@ -565,12 +565,24 @@ impl Shared {
                 .take_while(|&i| segs.get(i + 1).is_some_and(|s| s.base_lsn <= visible_end))
                 .count();
             let n = choose(&segs, deletable).min(deletable);
+            let doomed = segs.get(..n).unwrap_or_default();
+            if let Some(newest) = doomed.iter().map(|seg| read(&seg.index).max_ts).max() {
+                let max_ts = newest.max(self.trimmed_max_ts.load(Ordering::Acquire));
+                // Persisted before anything is deleted, so that a reopen
+                // knows the trimmed range too. A failure (a full disk, when
+                // trimming matters most) does not stop the trim: the oldest
+                // kept segment's header still bounds it after a reopen.
+                if let Err(e) = recovery::write_trimmed_max_ts(&self.opts.dir, max_ts) {
+                    tracing::warn!(error = %e, "change log: could not persist the trimmed range; a reopen estimates it from the oldest segment");
+                }
+                // Raised while the segments are still locked: a timestamp
+                // lookup sees either both the old segments and the old
+                // bound, or neither.
+                self.trimmed_max_ts.fetch_max(max_ts, Ordering::AcqRel);
+            }
             (segs.drain(..n).collect(), old_oldest)
         };
         let mut bytes_freed = 0;
-        if let Some(newest) = removed.iter().map(|seg| read(&seg.index).max_ts).max() {
-            self.trimmed_max_ts.fetch_max(newest, Ordering::AcqRel);
-        }
         // Oldest first: a crash in between leaves a contiguous log.
         for seg in &removed {
             bytes_freed += seg.disk_bytes();
@@ -788,12 +800,20 @@ impl ChangeLog {
     /// this process; after a reopen it is the commit time carried in the
     /// oldest segment's header.)
     pub fn lsn_for_timestamp(&self, ts_us: i64) -> Result<u64, LogError> {
-        let oldest = self.oldest_lsn();
-        if oldest > 1 && ts_us <= self.shared.trimmed_max_ts.load(Ordering::Acquire) {
+        // One consistent view: trimming raises the bound while it holds the
+        // segments locked, so these segments and this bound go together.
+        let (segs, trimmed_max_ts): (Vec<Arc<Segment>>, i64) = {
+            let segs = read(&self.shared.segments);
+            (
+                segs.clone(),
+                self.shared.trimmed_max_ts.load(Ordering::Acquire),
+            )
+        };
+        let oldest = segs.first().map_or(1, |s| s.base_lsn);
+        if oldest > 1 && ts_us <= trimmed_max_ts {
             return Ok(oldest - 1);
         }
         let committed = self.committed_lsn();
-        let segs: Vec<Arc<Segment>> = read(&self.shared.segments).clone();
         for (i, seg) in segs.iter().enumerate() {
             // Last lsn of this segment, if sealed.
             let bound = segs.get(i + 1).map_or(u64::MAX, |n| n.base_lsn - 1);

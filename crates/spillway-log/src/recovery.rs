@@ -245,16 +245,20 @@ pub(crate) fn recover(opts: &LogOptions) -> Result<Recovered, LogError> {
 
     // What trimming deleted before the oldest segment: its header carries
     // the last commit before it (the best bound a reopen has).
+    // (The trimmed marker is exact; the header is the fallback for a log
+    // trimmed before the marker existed, or with a damaged marker.)
     let trimmed_max_ts = match bases.first() {
         Some(&first) if first > 1 => {
             let oldest = scan_header(&dir.join(segment_file_name(first)));
-            oldest.map_or(i64::MAX, |h| {
-                if h.prev_commit.lsn == 0 {
-                    i64::MAX
-                } else {
-                    h.prev_commit.timestamp_us
-                }
-            })
+            let from_header = oldest.and_then(|h| {
+                (h.prev_commit.lsn != 0).then_some(h.prev_commit.timestamp_us)
+            });
+            match (read_trimmed_max_ts(dir), from_header) {
+                (Some(marker), Some(header)) => marker.max(header),
+                (Some(ts), None) | (None, Some(ts)) => ts,
+                // Unknown: every timestamp may be in the trimmed range.
+                (None, None) => i64::MAX,
+            }
         }
         _ => i64::MIN,
     };
@@ -455,6 +459,49 @@ pub(crate) fn write_durable_end(dir: &Path, base_lsn: u64, offset: u64) -> Resul
     });
     res.map_err(|e| LogError::io("write durable-end marker", &path, e))?;
     sync_dir(dir)
+}
+
+pub(crate) const TRIMMED_FILE: &str = "trimmed";
+const TRIMMED_MAGIC: [u8; 8] = *b"SPWLTRM\0";
+
+/// Persists the largest record timestamp trimming has deleted, so that a
+/// reopened log still maps a timestamp inside the trimmed range below its
+/// oldest record (see `ChangeLog::lsn_for_timestamp`). Written (fsynced,
+/// renamed into place) *before* the segments are deleted.
+pub(crate) fn write_trimmed_max_ts(dir: &Path, max_ts: i64) -> Result<(), LogError> {
+    let path = dir.join(TRIMMED_FILE);
+    let tmp = dir.join(format!("{TRIMMED_FILE}.{TMP_EXT}"));
+    let mut bytes = Vec::with_capacity(20);
+    bytes.extend_from_slice(&TRIMMED_MAGIC);
+    bytes.extend_from_slice(&max_ts.to_le_bytes());
+    bytes.extend_from_slice(&crc32c::crc32c(&bytes).to_le_bytes());
+    let res = crate::faults::check(dir, crate::faults::Op::Marker).and_then(|()| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)
+    });
+    res.map_err(|e| LogError::io("write trimmed marker", &path, e))?;
+    sync_dir(dir)
+}
+
+/// The timestamp [`write_trimmed_max_ts`] stored, if any (a damaged file
+/// counts as none: the caller falls back to the oldest segment's header).
+fn read_trimmed_max_ts(dir: &Path) -> Option<i64> {
+    let path = dir.join(TRIMMED_FILE);
+    let bytes = fs::read(&path).ok()?;
+    let ok = bytes.len() == 20
+        && bytes.get(..8) == Some(&TRIMMED_MAGIC[..])
+        && bytes.get(16..20).and_then(|b| <[u8; 4]>::try_from(b).ok())
+            == Some(crc32c::crc32c(bytes.get(..16).unwrap_or_default()).to_le_bytes());
+    if !ok {
+        warn!(file = %path.display(), "change log: damaged trimmed marker; using the oldest segment's header instead");
+        return None;
+    }
+    bytes
+        .get(8..16)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(i64::from_le_bytes)
 }
 
 /// Honours a durable-end marker left by a failed write or fsync: cuts the

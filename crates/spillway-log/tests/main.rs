@@ -689,6 +689,35 @@ async fn timestamp_inside_the_trimmed_range_maps_below_the_oldest_lsn() {
     w.close().await.unwrap();
 }
 
+/// The trimmed range survives a reopen exactly, also when timestamps are
+/// not monotonic (the oldest segment's header only knows the last commit
+/// before it, not the newest timestamp trimmed).
+#[tokio::test]
+async fn trimmed_range_is_persisted_across_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let late = 9_000_000_000;
+    {
+        let (log, mut w) = ChangeLog::open(opts(dir.path(), 2048)).unwrap();
+        // lsn 1 carries a timestamp later than everything after it.
+        let mut first = rec(1, true);
+        first.timestamp_us = late;
+        w.append(first).await.unwrap();
+        append_range(&mut w, 2, 400, 1).await;
+        w.flush().await.unwrap();
+        log.trim_before(200).unwrap();
+        assert!(log.oldest_lsn() > 1);
+        assert_eq!(log.lsn_for_timestamp(late).unwrap(), log.oldest_lsn() - 1);
+        w.close().await.unwrap();
+    }
+    let (log, w) = ChangeLog::open(opts(dir.path(), 2048)).unwrap();
+    assert_eq!(
+        log.lsn_for_timestamp(late).unwrap(),
+        log.oldest_lsn() - 1,
+        "after a reopen, a time only a trimmed record had must not map past the log's end"
+    );
+    w.close().await.unwrap();
+}
+
 /// Issue 8.9: `max_bytes` holds at every segment seal, without waiting for
 /// a retention run.
 #[tokio::test]
