@@ -22,11 +22,18 @@ pub(crate) fn lag(log: &ChangeLog, checkpoint: u64) -> (u64, f64) {
     if events == 0 {
         return (0, 0.0);
     }
-    let waiting_since = log
-        .reader(checkpoint + 1)
-        .ok()
-        .and_then(|mut r| r.read_batch(1, 1 << 20).ok())
-        .and_then(|b| b.first().map(|r| r.timestamp_us));
+    let first_ts = |from: u64| {
+        log.reader(from)
+            .and_then(|mut r| r.read_batch(1, 1 << 20))
+            .map(|b| b.first().map(|r| r.timestamp_us))
+    };
+    let waiting_since = match first_ts(checkpoint + 1) {
+        Ok(ts) => ts,
+        // The next event was trimmed away: it has waited at least as long
+        // as the oldest one retained (never "0 s", which reads as caught up).
+        Err(LogError::Trimmed { .. }) => first_ts(log.oldest_lsn()).ok().flatten(),
+        Err(_) => None,
+    };
     let seconds = waiting_since
         .map(|ts| ((now_us() - ts).max(0) as f64) / 1e6)
         .unwrap_or(0.0);
@@ -173,5 +180,42 @@ async fn set_checkpoint(
             ),
         )),
         Err(e) => Err(internal(e)),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use spillway_log::{AppendRecord, LogOptions};
+
+    /// A consumer whose next event was trimmed away is not "caught up":
+    /// its lag in seconds is at least the age of the oldest event kept.
+    #[tokio::test]
+    async fn lag_of_a_trimmed_position_is_not_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = LogOptions::new(dir.path());
+        opts.segment_bytes = 2048;
+        let (log, mut w) = ChangeLog::open(opts).unwrap();
+        let hour_ago = now_us() - 3_600_000_000;
+        for lsn in 1..=300u64 {
+            w.append(AppendRecord {
+                lsn,
+                timestamp_us: hour_ago + lsn as i64,
+                tx_end: true,
+                pg_commit_lsn: lsn,
+                pg_end_lsn: lsn,
+                payload: vec![b'x'; 64],
+            })
+            .await
+            .unwrap();
+        }
+        w.flush().await.unwrap();
+        log.trim_before(200).unwrap();
+        assert!(log.oldest_lsn() > 2);
+        let (events, seconds) = lag(&log, 1);
+        assert_eq!(events, 299);
+        assert!(seconds > 3000.0, "lag of a trimmed position: {seconds} s");
+        w.close().await.unwrap();
     }
 }
