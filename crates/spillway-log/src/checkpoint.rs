@@ -69,6 +69,8 @@ struct Inner {
     path: PathBuf,
     /// Bumped after every committed change (for [`CheckpointStore::subscribe`]).
     changes: tokio::sync::watch::Sender<u64>,
+    /// Per name: how often it changed (for [`CheckpointStore::version`]).
+    versions: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     /// Dropped after `db` (field order): the database is closed before the
     /// directory can be opened again.
     _lock: Arc<DirLock>,
@@ -175,6 +177,7 @@ impl CheckpointStore {
                 db,
                 path,
                 changes: tokio::sync::watch::Sender::new(0),
+                versions: std::sync::Mutex::default(),
                 _lock: lock,
             }),
         };
@@ -187,7 +190,7 @@ impl CheckpointStore {
             .open_table(TABLE)
             .is_ok();
         if !has_table {
-            store.write(|_| Ok(()))?;
+            store.write("", |_| Ok(()))?;
         }
         if !existed {
             sync_dir(dir)?;
@@ -202,6 +205,7 @@ impl CheckpointStore {
     /// Runs `f` in a write transaction and commits it durably.
     fn write<T>(
         &self,
+        name: &str,
         f: impl FnOnce(&mut redb::Table<'_, &'static str, (u64, i64)>) -> Result<T, LogError>,
     ) -> Result<T, LogError> {
         let path = self.path();
@@ -219,12 +223,31 @@ impl CheckpointStore {
             f(&mut table)?
         };
         txn.commit().map_err(|e| db_err("commit", path, e))?;
-        self.changed();
+        self.changed([name]);
         Ok(out)
     }
 
-    fn changed(&self) {
+    fn changed<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        {
+            let mut versions = crate::lock::lock(&self.inner.versions);
+            for name in names {
+                let v = versions.entry(name.to_owned()).or_default();
+                *v = v.wrapping_add(1);
+            }
+        }
         self.inner.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// How often checkpoint `name` changed since the store was opened (set,
+    /// delete, reset, a requery recorded or cleared). An owner woken by
+    /// [`subscribe`](CheckpointStore::subscribe) compares it with the
+    /// version it last saw to tell a change of its own checkpoint from the
+    /// many changes of others — without reading the database.
+    pub fn version(&self, name: &str) -> u64 {
+        crate::lock::lock(&self.inner.versions)
+            .get(name)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Notified after every change of any checkpoint (set, delete, reset),
@@ -240,7 +263,7 @@ impl CheckpointStore {
         validate_name(name)?;
         let path = self.path();
         let now = now_us();
-        self.write(|table| {
+        self.write(name, |table| {
             let current = table
                 .get(name)
                 .map_err(|e| db_err("read", path, e))?
@@ -265,20 +288,24 @@ impl CheckpointStore {
     /// Sets `name` to `lsn` only if it is still at `expected` (an owner's
     /// update that must not overwrite someone else's change, such as an
     /// operator's rewind): fails with [`LogError::CheckpointMoved`] naming
-    /// the current lsn (`0` if the checkpoint is gone) otherwise.
+    /// the current lsn otherwise. A missing checkpoint is at `0`.
     pub fn set_if(&self, name: &str, expected: u64, lsn: u64) -> Result<Checkpoint, LogError> {
         validate_name(name)?;
         let path = self.path();
         let updated_at_us = now_us();
-        self.write(|table| {
+        self.write(name, |table| {
             let current = table
                 .get(name)
                 .map_err(|e| db_err("read", path, e))?
                 .map(|v| v.value().0);
-            if current != Some(expected) {
+            // A missing checkpoint counts as 0 (deleted, e.g. by `spillway
+            // admin cdc forget-sink`): an owner told "moved to 0" and then
+            // storing from 0 must succeed, not be told "moved" forever.
+            let current = current.unwrap_or(0);
+            if current != expected {
                 return Err(LogError::CheckpointMoved {
                     name: name.to_owned(),
-                    current: current.unwrap_or(0),
+                    current,
                 });
             }
             table
@@ -330,7 +357,7 @@ impl CheckpointStore {
         validate_name(name)?;
         let path = self.path();
         let updated_at_us = now_us();
-        self.write(|table| {
+        self.write(name, |table| {
             let current = table
                 .get(name)
                 .map_err(|e| db_err("read", path, e))?
@@ -361,7 +388,7 @@ impl CheckpointStore {
     pub fn delete(&self, name: &str) -> Result<bool, LogError> {
         validate_name(name)?;
         let path = self.path();
-        let removed = self.write(|table| {
+        let removed = self.write(name, |table| {
             let old = table.remove(name).map_err(|e| db_err("delete", path, e))?;
             Ok(old.is_some())
         })?;
@@ -419,7 +446,7 @@ impl CheckpointStore {
             }
         }
         txn.commit().map_err(|e| db_err("commit", path, e))?;
-        self.changed();
+        self.changed(ahead.iter().map(|(name, _)| name.as_str()));
         Ok(ahead)
     }
 
@@ -468,7 +495,7 @@ impl CheckpointStore {
             table.remove(name).map_err(|e| db_err("delete", path, e))?;
         }
         txn.commit().map_err(|e| db_err("commit", path, e))?;
-        self.changed();
+        self.changed([name]);
         Ok(())
     }
 

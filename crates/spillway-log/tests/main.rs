@@ -254,6 +254,34 @@ async fn subscribe_wakes_a_waiting_reader() {
     w.close().await.unwrap();
 }
 
+/// Per-checkpoint versions tell an owner whether *its* checkpoint changed,
+/// and a missing checkpoint is at 0 for `set_if`.
+#[test]
+fn checkpoint_versions_count_changes_per_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _w) = ChangeLog::open(opts(dir.path(), 4096)).unwrap();
+    let cps = log.checkpoints();
+    let mut sub = cps.subscribe();
+    assert_eq!(cps.version("a"), 0);
+    cps.set("a", 5, false).unwrap();
+    assert_eq!(cps.version("a"), 1);
+    cps.set("b", 7, false).unwrap();
+    cps.set_if("b", 7, 9).unwrap();
+    assert_eq!(cps.version("a"), 1, "changes of b are not changes of a");
+    assert_eq!(cps.version("b"), 2);
+    assert!(sub.has_changed().unwrap());
+    sub.borrow_and_update();
+    assert!(cps.delete("a").unwrap());
+    assert!(cps.version("a") > 1);
+    assert!(sub.has_changed().unwrap());
+    // Gone counts as 0: storing from 0 succeeds, anything else is "moved".
+    assert!(matches!(
+        cps.set_if("a", 5, 6),
+        Err(LogError::CheckpointMoved { current: 0, .. })
+    ));
+    assert_eq!(cps.set_if("a", 0, 6).unwrap().lsn, 6);
+}
+
 #[tokio::test]
 async fn reader_follows_rolls_while_writer_appends() {
     let dir = tempfile::tempdir().unwrap();

@@ -347,6 +347,7 @@ pub async fn run_sink<S: Sink>(
                 status: &status,
                 checkpoint: 0,
                 cp_name: checkpoint_name(&settings.name),
+                cp_version: 0,
             };
             run.drive(&mut sink, &mut shutdown).await
         }
@@ -393,6 +394,11 @@ struct Runner<'a> {
     checkpoint: u64,
     /// Its name in the checkpoint store ([`checkpoint_name`]).
     cp_name: String,
+    /// [`CheckpointStore::version`](spillway_log::CheckpointStore::version)
+    /// of `cp_name` that `checkpoint` reflects (read before the database,
+    /// so a change in between shows as a newer version: an extra look,
+    /// never a missed change).
+    cp_version: u64,
 }
 
 /// Waits until shutdown is requested (forever if the sender is gone).
@@ -444,6 +450,7 @@ impl Runner<'_> {
         // its destination has never been reachable.
         let name = self.cp_name.clone();
         let store = self.log.checkpoints().clone();
+        self.cp_version = store.version(&name);
         let (stored, requery) = blocking(move || {
             let cp = store.ensure(&name, 0)?;
             Ok::<_, LogError>((cp, store.pending_requery(&name)?))
@@ -558,7 +565,10 @@ impl Runner<'_> {
                             }
                             _ = cp_rx.changed() => {
                                 cp_rx.borrow_and_update();
-                                self.follow_external_checkpoint().await?;
+                                // Most changes are other consumers' own.
+                                if self.log.checkpoints().version(&self.cp_name) != self.cp_version {
+                                    self.follow_external_checkpoint().await?;
+                                }
                             }
                             _ = stopped(shutdown) => break,
                         }
@@ -864,16 +874,20 @@ impl Runner<'_> {
         let store = self.log.checkpoints().clone();
         let name = self.cp_name.clone();
         let expected = self.checkpoint;
+        let before = store.version(&name);
         let res = blocking(move || store.set_if(&name, expected, lsn))
             .await
             .map_err(|e| e.to_string())?;
         match res {
             Ok(_) => {
+                // Our own change; anyone else's after it shows as newer.
+                self.cp_version = before.wrapping_add(1);
                 self.checkpoint = lsn;
                 self.status.checkpoint_lsn.store(lsn, Ordering::Release);
                 Ok(true)
             }
             Err(LogError::CheckpointMoved { current, .. }) => {
+                self.cp_version = before;
                 tracing::warn!(sink = %self.settings.name, current, lsn, "the sink's checkpoint was moved by an operator; continuing from it");
                 self.checkpoint = current;
                 self.status.checkpoint_lsn.store(current, Ordering::Release);
@@ -887,6 +901,7 @@ impl Runner<'_> {
     async fn follow_external_checkpoint(&mut self) -> Result<(), SinkError> {
         let store = self.log.checkpoints().clone();
         let name = self.cp_name.clone();
+        self.cp_version = store.version(&name);
         let current = blocking(move || store.get(&name))
             .await?
             .map_err(log_error)?

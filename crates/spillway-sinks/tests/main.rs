@@ -655,6 +655,111 @@ async fn an_operators_rewind_of_a_running_sink_takes_effect() {
     run.stop().await.expect("clean stop");
 }
 
+/// Holds its first delivery until released; records every batch.
+struct Gate {
+    entered: Arc<AtomicBool>,
+    release: Arc<tokio::sync::Semaphore>,
+    first: bool,
+    seen: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Sink for Gate {
+    fn kind(&self) -> &'static str {
+        "gate"
+    }
+    async fn deliver(&mut self, batch: &[SinkRecord]) -> Result<(), SinkError> {
+        if std::mem::take(&mut self.first) {
+            self.entered.store(true, Ordering::SeqCst);
+            self.release.acquire().await.expect("semaphore").forget();
+        }
+        self.seen
+            .lock()
+            .expect("lock")
+            .extend(batch.iter().map(|r| r.lsn));
+        Ok(())
+    }
+}
+
+/// Starts a sink whose first batch is in flight (held by the destination),
+/// lets `operator` change its checkpoint meanwhile, releases the batch and
+/// returns what was delivered once the sink has checkpointed the log's end.
+async fn change_checkpoint_while_a_batch_is_in_flight(
+    name: &str,
+    start_at: u64,
+    operator: impl FnOnce(&spillway_log::CheckpointStore, &str),
+) -> (Vec<u64>, u64) {
+    let mut t = TestLog::new();
+    t.append_changes(40).await;
+    let committed = t.log.committed_lsn();
+    let entered = Arc::new(AtomicBool::new(false));
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut settings = test_settings(name);
+    settings.batch_size = 1000;
+    if start_at > 0 {
+        t.log
+            .checkpoints()
+            .set(&spillway_sinks::checkpoint_name(name), start_at, false)
+            .expect("set");
+    }
+    let run = Running::start(
+        &t.log,
+        settings,
+        Gate {
+            entered: entered.clone(),
+            release: release.clone(),
+            first: true,
+            seen: seen.clone(),
+        },
+    );
+    wait_until("the first batch is in flight", || {
+        entered.load(Ordering::SeqCst)
+    })
+    .await;
+    operator(t.log.checkpoints(), &spillway_sinks::checkpoint_name(name));
+    release.add_permits(1);
+    wait_until("the sink checkpoints the end", || {
+        t.log
+            .checkpoints()
+            .get(&spillway_sinks::checkpoint_name(name))
+            .expect("get")
+            .is_some_and(|c| c.lsn == committed)
+            && run.status.checkpoint_lsn() == committed
+    })
+    .await;
+    run.stop().await.expect("clean stop");
+    let seen = seen.lock().expect("lock").clone();
+    (seen, committed)
+}
+
+/// Issue 8.8: a rewind made while the sink's batch is in flight wins over
+/// the sink's own checkpoint of that batch (the CheckpointMoved path): the
+/// sink redelivers from the rewind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewind_while_a_batch_is_in_flight_wins() {
+    let (seen, committed) = change_checkpoint_while_a_batch_is_in_flight("inflight", 0, |cps, name| {
+        cps.set(name, 10, true).expect("operator rewind");
+    })
+    .await;
+    let first: Vec<u64> = (1..=committed).collect();
+    let again: Vec<u64> = (11..=committed).collect();
+    assert_eq!(seen, [first, again].concat());
+}
+
+/// A sink's checkpoint deleted under it while a batch is in flight (found by
+/// review: the sink was then told "moved" on every store, forever): it
+/// starts over from the beginning and holds a checkpoint again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_deleted_under_a_running_sink_is_recreated() {
+    let (seen, committed) = change_checkpoint_while_a_batch_is_in_flight("deleted", 5, |cps, name| {
+        assert!(cps.delete(name).expect("delete"));
+    })
+    .await;
+    let first: Vec<u64> = (6..=committed).collect();
+    let over: Vec<u64> = (1..=committed).collect();
+    assert_eq!(seen, [first, over].concat());
+}
+
 /// Issue 8.8: sinks and API consumers do not share checkpoint names.
 #[test]
 fn sink_checkpoints_have_their_own_namespace() {
