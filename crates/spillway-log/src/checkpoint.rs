@@ -190,7 +190,7 @@ impl CheckpointStore {
             .open_table(TABLE)
             .is_ok();
         if !has_table {
-            store.write("", |_| Ok(()))?;
+            store.write(&[], |_| Ok(()))?;
         }
         if !existed {
             sync_dir(dir)?;
@@ -205,7 +205,7 @@ impl CheckpointStore {
     /// Runs `f` in a write transaction and commits it durably.
     fn write<T>(
         &self,
-        name: &str,
+        names: &[&str],
         f: impl FnOnce(&mut redb::Table<'_, &'static str, (u64, i64)>) -> Result<T, LogError>,
     ) -> Result<T, LogError> {
         let path = self.path();
@@ -223,7 +223,7 @@ impl CheckpointStore {
             f(&mut table)?
         };
         txn.commit().map_err(|e| db_err("commit", path, e))?;
-        self.changed([name]);
+        self.changed(names.iter().copied());
         Ok(out)
     }
 
@@ -263,7 +263,7 @@ impl CheckpointStore {
         validate_name(name)?;
         let path = self.path();
         let now = now_us();
-        self.write(name, |table| {
+        self.write(&[name], |table| {
             let current = table
                 .get(name)
                 .map_err(|e| db_err("read", path, e))?
@@ -293,7 +293,7 @@ impl CheckpointStore {
         validate_name(name)?;
         let path = self.path();
         let updated_at_us = now_us();
-        self.write(name, |table| {
+        self.write(&[name], |table| {
             let current = table
                 .get(name)
                 .map_err(|e| db_err("read", path, e))?
@@ -357,7 +357,7 @@ impl CheckpointStore {
         validate_name(name)?;
         let path = self.path();
         let updated_at_us = now_us();
-        self.write(name, |table| {
+        self.write(&[name], |table| {
             let current = table
                 .get(name)
                 .map_err(|e| db_err("read", path, e))?
@@ -383,12 +383,69 @@ impl CheckpointStore {
         })
     }
 
+    /// Renames checkpoint `from` to `to` in one durable transaction if `to`
+    /// does not exist yet and `from` does; returns the moved checkpoint.
+    /// (How a sink's checkpoint stored under its bare name by an older
+    /// version becomes `sink:NAME`, never lost and never doubled.)
+    pub fn rename_if_absent(&self, from: &str, to: &str) -> Result<Option<Checkpoint>, LogError> {
+        validate_name(from)?;
+        validate_name(to)?;
+        let path = self.path();
+        let mut txn = self
+            .inner
+            .db
+            .begin_write()
+            .map_err(|e| db_err("begin transaction", path, e))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| db_err("set durability", path, e))?;
+        let moved = {
+            let mut table = txn
+                .open_table(TABLE)
+                .map_err(|e| db_err("open table", path, e))?;
+            let mut requery = txn
+                .open_table(REQUERY)
+                .map_err(|e| db_err("open table", path, e))?;
+            let target = table.get(to).map_err(|e| db_err("read", path, e))?.is_some();
+            let old = if target {
+                None
+            } else {
+                table
+                    .remove(from)
+                    .map_err(|e| db_err("delete", path, e))?
+                    .map(|v| v.value())
+            };
+            if let Some((lsn, updated_at_us)) = old {
+                table
+                    .insert(to, (lsn, updated_at_us))
+                    .map_err(|e| db_err("write", path, e))?;
+                // A requery recorded under the old name goes along.
+                let pending = requery
+                    .remove(from)
+                    .map_err(|e| db_err("delete", path, e))?
+                    .map(|v| v.value());
+                if let Some(pending) = pending {
+                    requery
+                        .insert(to, pending)
+                        .map_err(|e| db_err("write", path, e))?;
+                }
+            }
+            old.map(|(lsn, updated_at_us)| Checkpoint {
+                name: to.to_owned(),
+                lsn,
+                updated_at_us,
+            })
+        };
+        txn.commit().map_err(|e| db_err("commit", path, e))?;
+        self.changed([from, to]);
+        Ok(moved)
+    }
+
     /// Deletes the checkpoint `name`; false if there was none. Durable when
     /// it returns `Ok`.
     pub fn delete(&self, name: &str) -> Result<bool, LogError> {
         validate_name(name)?;
         let path = self.path();
-        let removed = self.write(name, |table| {
+        let removed = self.write(&[name], |table| {
             let old = table.remove(name).map_err(|e| db_err("delete", path, e))?;
             Ok(old.is_some())
         })?;

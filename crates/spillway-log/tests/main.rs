@@ -282,6 +282,33 @@ fn checkpoint_versions_count_changes_per_name() {
     assert_eq!(cps.set_if("a", 0, 6).unwrap().lsn, 6);
 }
 
+/// A rename carries the checkpoint and its pending requery in one step and
+/// never overwrites an existing target.
+#[test]
+fn checkpoint_rename_if_absent_moves_the_pending_requery_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _w) = ChangeLog::open(opts(dir.path(), 4096)).unwrap();
+    let cps = log.checkpoints();
+    cps.set("old", 50, false).unwrap();
+    assert_eq!(cps.reset_ahead(10).unwrap(), vec![("old".to_string(), 50)]);
+    let moved = cps.rename_if_absent("old", "sink:old").unwrap().unwrap();
+    assert_eq!(moved.lsn, 10);
+    assert!(cps.get("old").unwrap().is_none());
+    assert!(cps.pending_requery("old").unwrap().is_none());
+    assert_eq!(
+        cps.pending_requery("sink:old").unwrap(),
+        Some(spillway_log::PendingRequery {
+            requested_lsn: 51,
+            resume_lsn: 11
+        })
+    );
+    cps.set("again", 5, false).unwrap();
+    assert!(cps.rename_if_absent("again", "sink:old").unwrap().is_none());
+    assert_eq!(cps.get("again").unwrap().unwrap().lsn, 5);
+    assert_eq!(cps.get("sink:old").unwrap().unwrap().lsn, 10);
+    assert!(cps.rename_if_absent("missing", "sink:missing").unwrap().is_none());
+}
+
 #[tokio::test]
 async fn reader_follows_rolls_while_writer_appends() {
     let dir = tempfile::tempdir().unwrap();

@@ -162,7 +162,15 @@ async fn register_sink_checkpoints(log: &ChangeLog, config: &Config) -> Result<(
         .collect();
     let res = tokio::task::spawn_blocking(move || {
         for name in &names {
-            store.ensure(&spillway_sinks::checkpoint_name(name), 0)?;
+            let cp_name = spillway_sinks::checkpoint_name(name);
+            // Earlier builds stored a sink's checkpoint under its bare
+            // name (shared with API consumers): carry it over, or the sink
+            // would start from the beginning and the old entry would hold
+            // retention back forever.
+            if let Some(cp) = store.rename_if_absent(name, &cp_name)? {
+                tracing::info!(sink = %name, lsn = cp.lsn, "moved the sink's checkpoint from its bare name to {cp_name}");
+            }
+            store.ensure(&cp_name, 0)?;
         }
         let configured: Vec<String> = names
             .iter()
@@ -326,4 +334,50 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
         capture,
         server,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn config_with_sinks(dir: &std::path::Path, sinks: &[&str]) -> Config {
+        let mut toml = format!(
+            "[source]\ndsn = \"postgres://postgres@127.0.0.1:5432/shop\"\n[log]\ndir = \"{}\"\n",
+            dir.display()
+        );
+        for name in sinks {
+            toml.push_str(&format!(
+                "[[sinks]]\nname = \"{name}\"\ntype = \"file\"\npath = \"{}/{name}.jsonl\"\n",
+                dir.display()
+            ));
+        }
+        Config::from_parts(Some(("spillway.toml", &toml)), &[]).unwrap()
+    }
+
+    /// Every configured sink holds a checkpoint (`sink:NAME`) before anything
+    /// runs; one an earlier build stored under the sink's bare name is
+    /// carried over (with its pending requery), not restarted from 0; API
+    /// consumers' checkpoints are left alone.
+    #[tokio::test]
+    async fn sink_checkpoints_are_registered_and_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, w) = ChangeLog::open(spillway_log::LogOptions::new(dir.path())).unwrap();
+        let cps = log.checkpoints();
+        cps.set("audit", 42, false).unwrap(); // an earlier build's sink checkpoint
+        cps.set("reporting", 7, false).unwrap(); // an API consumer
+        let config = config_with_sinks(dir.path(), &["audit", "fresh"]);
+        register_sink_checkpoints(&log, &config).await.unwrap();
+        assert_eq!(cps.get("sink:audit").unwrap().unwrap().lsn, 42);
+        assert!(cps.get("audit").unwrap().is_none(), "the bare name is gone");
+        assert_eq!(cps.get("sink:fresh").unwrap().unwrap().lsn, 0);
+        assert_eq!(cps.get("reporting").unwrap().unwrap().lsn, 7);
+        // A second start changes nothing (and a bare name that appears
+        // later, e.g. an API consumer called like the sink, is not taken).
+        cps.set("audit", 3, false).unwrap();
+        register_sink_checkpoints(&log, &config).await.unwrap();
+        assert_eq!(cps.get("sink:audit").unwrap().unwrap().lsn, 42);
+        assert_eq!(cps.get("audit").unwrap().unwrap().lsn, 3);
+        w.close().await.unwrap();
+    }
 }
