@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
-use spillway_log::LogError;
+use spillway_log::{LogError, PendingRequery};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -364,12 +364,25 @@ pub(crate) async fn changes(
 ) -> Result<Response, ApiError> {
     let params = parse_params(&q, &headers)?;
     let from_lsn = resolve_start(&state, &params.start)?;
+    // A named consumer reset because the log ended before its checkpoint
+    // (a repaired or restored log) is told first, on every stream, until it
+    // stores a checkpoint (PUT /v1/consumers/{name}/checkpoint) — proof it
+    // read the line. Read here so that a database error is a 500, never a
+    // stream without the line.
+    let pending = match &params.start {
+        StartAt::Consumer(name) => state
+            .log
+            .checkpoints()
+            .pending_requery(name)
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+        _ => None,
+    };
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(8);
     let content_type = match params.format {
         Format::Ndjson => "application/x-ndjson",
         Format::Sse => "text/event-stream",
     };
-    tokio::spawn(stream_task(state, from_lsn, params, tx));
+    tokio::spawn(stream_task(state, from_lsn, pending, params, tx));
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, content_type)
         .header(header::CACHE_CONTROL, "no-cache")
@@ -467,6 +480,7 @@ impl Batch {
 async fn stream_task(
     state: ApiState,
     from_lsn: u64,
+    pending: Option<PendingRequery>,
     params: StreamParams,
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) {
@@ -486,22 +500,13 @@ async fn stream_task(
         )
     };
     let mut start = from_lsn;
-    if let StartAt::Consumer(name) = &params.start {
-        let l = log.clone();
-        let n = name.clone();
-        let pending =
-            tokio::task::spawn_blocking(move || l.checkpoints().pending_requery(&n)).await;
-        if let Ok(Ok(Some(rq))) = pending {
-            if tx
-                .send(Ok(requery(rq.requested_lsn, rq.resume_lsn, "log_rewound")))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            let l = log.clone();
-            let n = name.clone();
-            let _ = tokio::task::spawn_blocking(move || l.checkpoints().clear_requery(&n)).await;
+    if let Some(rq) = pending {
+        if tx
+            .send(Ok(requery(rq.requested_lsn, rq.resume_lsn, "log_rewound")))
+            .await
+            .is_err()
+        {
+            return;
         }
     }
     // Committed lsns only grow: a start beyond the end means the client saw

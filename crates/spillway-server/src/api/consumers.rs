@@ -167,10 +167,21 @@ async fn set_checkpoint(
         )));
     }
     let log = state.log.clone();
-    let result =
-        tokio::task::spawn_blocking(move || log.checkpoints().set(&store_name, b.lsn, b.force))
-            .await
-            .map_err(internal)?;
+    // An API consumer storing a checkpoint has read its stream up to there,
+    // so it got the `requery_required` its stream starts with: only now is
+    // that pending requery done (a stream cut before the client read the
+    // line sends it again). A sink's own runtime clears its requery.
+    let acknowledges_requery = store_name == name;
+    let result = tokio::task::spawn_blocking(move || {
+        let cps = log.checkpoints();
+        let cp = cps.set(&store_name, b.lsn, b.force)?;
+        if acknowledges_requery && cps.pending_requery(&store_name)?.is_some() {
+            cps.clear_requery(&store_name)?;
+        }
+        Ok::<_, LogError>(cp)
+    })
+    .await
+    .map_err(internal)?;
     match result {
         Ok(cp) => Ok(Json(json!({"name": name, "checkpoint": cp.lsn, "updated_at_us": cp.updated_at_us}))),
         Err(LogError::CheckpointBackward { current, requested, .. }) => Err(ApiError(

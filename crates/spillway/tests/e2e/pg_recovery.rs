@@ -173,6 +173,24 @@ async fn a_damaged_log_is_refused_then_repaired_and_consumers_are_told() {
     assert_eq!(first["reason"], "log_rewound");
     assert_eq!(first["requested_lsn"], end + 1);
     assert_eq!(first["oldest_lsn"], committed + 1);
+    // Sent again until the consumer acknowledges it by storing a checkpoint
+    // (a stream cut before the client read the line must not lose it).
+    let url = format!(
+        "http://{}/v1/changes?consumer=reader&heartbeat_ms=100",
+        running.addr
+    );
+    assert_eq!(first_line(&url).await["type"], "requery_required");
+    let put = reqwest::Client::new()
+        .put(format!(
+            "http://{}/v1/consumers/reader/checkpoint",
+            running.addr
+        ))
+        .json(&serde_json::json!({"lsn": committed}))
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.text().await.unwrap());
+    assert_eq!(first_line(&url).await["type"], "heartbeat");
     running.shutdown();
     running.wait().await.unwrap();
 }
