@@ -405,7 +405,10 @@ impl CheckpointStore {
             let mut requery = txn
                 .open_table(REQUERY)
                 .map_err(|e| db_err("open table", path, e))?;
-            let target = table.get(to).map_err(|e| db_err("read", path, e))?.is_some();
+            let target = table
+                .get(to)
+                .map_err(|e| db_err("read", path, e))?
+                .is_some();
             let old = if target {
                 None
             } else {

@@ -250,9 +250,8 @@ pub(crate) fn recover(opts: &LogOptions) -> Result<Recovered, LogError> {
     let trimmed_max_ts = match bases.first() {
         Some(&first) if first > 1 => {
             let oldest = scan_header(&dir.join(segment_file_name(first)));
-            let from_header = oldest.and_then(|h| {
-                (h.prev_commit.lsn != 0).then_some(h.prev_commit.timestamp_us)
-            });
+            let from_header =
+                oldest.and_then(|h| (h.prev_commit.lsn != 0).then_some(h.prev_commit.timestamp_us));
             match (read_trimmed_max_ts(dir), from_header) {
                 (Some(marker), Some(header)) => marker.max(header),
                 (Some(ts), None) | (None, Some(ts)) => ts,
@@ -401,11 +400,15 @@ fn keep_torn_bytes(dir: &Path, path: &Path, offset: u64) {
     }
     let name = format!(
         "{}.{offset}.torn",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("segment")
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("segment")
     );
     let target = dir.join(name);
     match write_file_atomically(&target, rest) {
-        Ok(()) => warn!(file = %target.display(), bytes = rest.len(), "change log recovery: kept the cut bytes for inspection"),
+        Ok(()) => {
+            warn!(file = %target.display(), bytes = rest.len(), "change log recovery: kept the cut bytes for inspection")
+        }
         Err(e) => warn!(error = %e, "change log recovery: could not keep the cut bytes"),
     }
 }

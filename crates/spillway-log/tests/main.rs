@@ -306,7 +306,10 @@ fn checkpoint_rename_if_absent_moves_the_pending_requery_too() {
     assert!(cps.rename_if_absent("again", "sink:old").unwrap().is_none());
     assert_eq!(cps.get("again").unwrap().unwrap().lsn, 5);
     assert_eq!(cps.get("sink:old").unwrap().unwrap().lsn, 10);
-    assert!(cps.rename_if_absent("missing", "sink:missing").unwrap().is_none());
+    assert!(cps
+        .rename_if_absent("missing", "sink:missing")
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test]
@@ -546,7 +549,11 @@ async fn damaged_length_field_followed_by_valid_records_is_refused() {
             Err(e) => panic!("length byte {byte}: {e}"),
             Ok(_) => panic!("length byte {byte}: a damaged length field cut durable records"),
         }
-        assert_eq!(fs::read(&seg).unwrap(), before, "refusing must not change the file");
+        assert_eq!(
+            fs::read(&seg).unwrap(),
+            before,
+            "refusing must not change the file"
+        );
     }
 }
 
@@ -581,7 +588,9 @@ async fn zeros_to_the_end_of_a_block_are_a_torn_tail_and_the_cut_is_kept() {
         .filter(|p| p.to_string_lossy().ends_with(".torn"))
         .collect();
     assert_eq!(torn.len(), 1, "{torn:?}");
-    assert!(torn[0].to_string_lossy().ends_with(&format!(".{start}.torn")));
+    assert!(torn[0]
+        .to_string_lossy()
+        .ends_with(&format!(".{start}.torn")));
     assert_eq!(fs::read(&torn[0]).unwrap(), bytes[start as usize..]);
     // A reopen does not treat the kept file as part of the log.
     drop(log);

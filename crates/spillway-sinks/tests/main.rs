@@ -737,10 +737,11 @@ async fn change_checkpoint_while_a_batch_is_in_flight(
 /// sink redelivers from the rewind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rewind_while_a_batch_is_in_flight_wins() {
-    let (seen, committed) = change_checkpoint_while_a_batch_is_in_flight("inflight", 0, |cps, name| {
-        cps.set(name, 10, true).expect("operator rewind");
-    })
-    .await;
+    let (seen, committed) =
+        change_checkpoint_while_a_batch_is_in_flight("inflight", 0, |cps, name| {
+            cps.set(name, 10, true).expect("operator rewind");
+        })
+        .await;
     let first: Vec<u64> = (1..=committed).collect();
     let again: Vec<u64> = (11..=committed).collect();
     assert_eq!(seen, [first, again].concat());
@@ -751,10 +752,11 @@ async fn a_rewind_while_a_batch_is_in_flight_wins() {
 /// starts over from the beginning and holds a checkpoint again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_deleted_under_a_running_sink_is_recreated() {
-    let (seen, committed) = change_checkpoint_while_a_batch_is_in_flight("deleted", 5, |cps, name| {
-        assert!(cps.delete(name).expect("delete"));
-    })
-    .await;
+    let (seen, committed) =
+        change_checkpoint_while_a_batch_is_in_flight("deleted", 5, |cps, name| {
+            assert!(cps.delete(name).expect("delete"));
+        })
+        .await;
     let first: Vec<u64> = (6..=committed).collect();
     let over: Vec<u64> = (1..=committed).collect();
     assert_eq!(seen, [first, over].concat());
