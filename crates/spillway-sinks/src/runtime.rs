@@ -691,6 +691,14 @@ impl Runner<'_> {
         })?;
         // `None`: the format does not carry this kind of event.
         let Some(encoded) = encoded.filter(|_| accepted) else {
+            if head.kind == "requery_required" {
+                // A requery record in the log itself (the log lacks events
+                // before it): never dropped silently.
+                return Err(SinkError::Fatal(format!(
+                    "sink {}: the change log says at lsn {} that events are missing (requery_required) and format {} cannot carry it; re-snapshot the destination, then move the sink's checkpoint to {} (PUT /v1/sinks/{}/checkpoint)",
+                    self.settings.name, rec.lsn, self.settings.format, rec.lsn, self.settings.name
+                )));
+            }
             return Ok(());
         };
         pending.bytes += encoded.value.as_ref().map_or(0, Vec::len);

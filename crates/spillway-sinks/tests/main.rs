@@ -835,3 +835,49 @@ async fn a_sink_reset_past_the_logs_end_gets_requery_required_first() {
         None
     );
 }
+
+/// A `requery_required` record in the log itself (how the log marks that it
+/// lacks events before it) reaches the destination whatever the filters;
+/// a format that cannot carry it stops the sink instead of dropping it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requery_record_in_the_log_is_delivered_or_stops_the_sink() {
+    let gap = || serde_json::json!({"type": "requery_required", "requested_lsn": 4, "oldest_lsn": 5, "reason": "log_gap"});
+    let mut t = TestLog::new();
+    t.append_changes(3).await;
+    t.append_events(vec![gap()]).await;
+    t.append_changes(3).await;
+    let committed = t.log.committed_lsn();
+
+    let buf = SharedBuf::default();
+    let mut settings = test_settings("native");
+    settings.tables = Some(BTreeMap::from([("no_such_table".to_string(), vec![])]));
+    let sink: Box<dyn DynSink> = Box::new(FileSink::with_writer(Box::new(buf.clone())));
+    let run = Running::start(&t.log, settings, sink);
+    wait_until("the sink checkpoints the end", || {
+        run.status.checkpoint_lsn() == committed
+    })
+    .await;
+    run.stop().await.expect("clean stop");
+    let lines = buf.lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["type"], "requery_required");
+    assert_eq!(lines[0]["reason"], "log_gap");
+
+    let mut settings = test_settings("flat");
+    settings.format = spillway_core::encoding::Format::Flat;
+    let buf = SharedBuf::default();
+    let sink: Box<dyn DynSink> = Box::new(FileSink::with_writer(Box::new(buf.clone())));
+    let run = Running::start(&t.log, settings, sink);
+    let res = tokio::time::timeout(std::time::Duration::from_secs(30), run.handle)
+        .await
+        .expect("a flat sink went past an in-log requery instead of stopping")
+        .expect("the sink task panicked");
+    match res {
+        Err(SinkError::Fatal(msg)) => assert!(msg.contains("requery_required"), "{msg}"),
+        other => panic!("a flat sink went past an in-log requery: {other:?}"),
+    }
+    assert!(
+        t.checkpoint("flat") < 4,
+        "the checkpoint passed the requery record"
+    );
+}
