@@ -311,6 +311,7 @@ mod error;
 mod index;
 mod inspect;
 mod lock;
+mod marker;
 mod reader;
 pub mod record;
 mod recovery;
@@ -327,6 +328,7 @@ use tokio::sync::watch;
 pub use checkpoint::{Checkpoint, CheckpointStore, PendingRequery};
 pub use error::LogError;
 pub use inspect::{inspect, LogSummary};
+pub use marker::{start_in_epochs, Epoch};
 pub use reader::LogReader;
 pub use repair::{repair, RepairCut, RepairReport};
 pub use writer::LogWriter;
@@ -506,6 +508,10 @@ pub(crate) struct Shared {
     pub(crate) discards: AtomicU64,
     pub(crate) trim_lock: Mutex<()>,
     pub(crate) checkpoints: CheckpointStore,
+    /// The log's epochs, oldest first (see [`marker`]); never empty.
+    pub(crate) epochs: Mutex<Vec<Epoch>>,
+    /// The stored idle-confirm position (see [`marker`]); 0 when none.
+    pub(crate) idle_confirmed: AtomicU64,
     /// The directory lock; dropped last (field order), once the writer, the
     /// readers and every `ChangeLog` clone are gone.
     _dir_lock: Arc<DirLock>,
@@ -725,6 +731,9 @@ impl ChangeLog {
             segments = rec.segments.len(),
             "change log opened"
         );
+        let oldest = rec.segments.first().map_or(1, |s| s.base_lsn);
+        let epochs = marker::load_or_create_epochs(&opts.dir, oldest)?;
+        let idle_confirmed = marker::read_idle_confirmed(&opts.dir);
         let (committed_tx, _) = watch::channel(rec.committed_lsn);
         let shared = Arc::new(Shared {
             opts,
@@ -739,6 +748,8 @@ impl ChangeLog {
             discards: AtomicU64::new(0),
             trim_lock: Mutex::new(()),
             checkpoints,
+            epochs: Mutex::new(epochs),
+            idle_confirmed: AtomicU64::new(idle_confirmed),
             _dir_lock: dir_lock,
         });
         let writer = LogWriter::spawn(
@@ -766,6 +777,47 @@ impl ChangeLog {
     /// and what it may confirm to PostgreSQL.
     pub fn last_commit(&self) -> Option<CommitPosition> {
         *lock(&self.shared.last_commit)
+    }
+
+    /// The log's epochs, oldest first (never empty): where lsns began to
+    /// mean something new (see [`start_in_epochs`]).
+    pub fn epochs(&self) -> Vec<Epoch> {
+        lock(&self.shared.epochs).clone()
+    }
+
+    /// The epoch new records belong to.
+    pub fn current_epoch(&self) -> Epoch {
+        let epochs = lock(&self.shared.epochs);
+        // Never empty (created at open); the fallback is unreachable.
+        epochs.last().copied().unwrap_or(Epoch {
+            id: 0,
+            first_lsn: 1,
+        })
+    }
+
+    /// The highest source position stored by [`record_idle_confirmed`]
+    /// (0: none): the source may have been confirmed up to it although the
+    /// log's last commit ends before it.
+    ///
+    /// [`record_idle_confirmed`]: ChangeLog::record_idle_confirmed
+    pub fn idle_confirmed(&self) -> u64 {
+        self.shared.idle_confirmed.load(Ordering::Acquire)
+    }
+
+    /// Durably stores that the source is about to be confirmed up to
+    /// `pg_lsn` with nothing of it in the log (only uncaptured changes up
+    /// to there). Must return before that confirmation is sent: at the
+    /// next start, a slot confirmed beyond both this and the log's last
+    /// commit is taken for a gap in the log. Blocking (fsync).
+    pub fn record_idle_confirmed(&self, pg_lsn: u64) -> Result<(), LogError> {
+        if pg_lsn <= self.idle_confirmed() {
+            return Ok(());
+        }
+        marker::write_idle_confirmed(&self.shared.opts.dir, pg_lsn)?;
+        self.shared
+            .idle_confirmed
+            .fetch_max(pg_lsn, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Whether an earlier write or fsync failure poisoned the log.

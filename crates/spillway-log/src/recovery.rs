@@ -447,21 +447,16 @@ const DURABLE_END_MAGIC: [u8; 8] = *b"SPWLDUR\0";
 /// after a failed write or fsync when truncating the segment to its durable
 /// end failed too; the next open cuts there before reading anything.
 pub(crate) fn write_durable_end(dir: &Path, base_lsn: u64, offset: u64) -> Result<(), LogError> {
-    let path = dir.join(DURABLE_END_FILE);
-    let tmp = dir.join(format!("{DURABLE_END_FILE}.{TMP_EXT}"));
-    let mut bytes = Vec::with_capacity(28);
-    bytes.extend_from_slice(&DURABLE_END_MAGIC);
-    bytes.extend_from_slice(&base_lsn.to_le_bytes());
-    bytes.extend_from_slice(&offset.to_le_bytes());
-    bytes.extend_from_slice(&crc32c::crc32c(&bytes).to_le_bytes());
-    let res = crate::faults::check(dir, crate::faults::Op::Marker).and_then(|()| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)
-    });
-    res.map_err(|e| LogError::io("write durable-end marker", &path, e))?;
-    sync_dir(dir)
+    let mut payload = Vec::with_capacity(16);
+    payload.extend_from_slice(&base_lsn.to_le_bytes());
+    payload.extend_from_slice(&offset.to_le_bytes());
+    crate::marker::write_marker(
+        dir,
+        DURABLE_END_FILE,
+        &DURABLE_END_MAGIC,
+        &payload,
+        "write durable-end marker",
+    )
 }
 
 pub(crate) const TRIMMED_FILE: &str = "trimmed";
@@ -472,38 +467,21 @@ const TRIMMED_MAGIC: [u8; 8] = *b"SPWLTRM\0";
 /// oldest record (see `ChangeLog::lsn_for_timestamp`). Written (fsynced,
 /// renamed into place) *before* the segments are deleted.
 pub(crate) fn write_trimmed_max_ts(dir: &Path, max_ts: i64) -> Result<(), LogError> {
-    let path = dir.join(TRIMMED_FILE);
-    let tmp = dir.join(format!("{TRIMMED_FILE}.{TMP_EXT}"));
-    let mut bytes = Vec::with_capacity(20);
-    bytes.extend_from_slice(&TRIMMED_MAGIC);
-    bytes.extend_from_slice(&max_ts.to_le_bytes());
-    bytes.extend_from_slice(&crc32c::crc32c(&bytes).to_le_bytes());
-    let res = crate::faults::check(dir, crate::faults::Op::Marker).and_then(|()| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)
-    });
-    res.map_err(|e| LogError::io("write trimmed marker", &path, e))?;
-    sync_dir(dir)
+    crate::marker::write_marker(
+        dir,
+        TRIMMED_FILE,
+        &TRIMMED_MAGIC,
+        &max_ts.to_le_bytes(),
+        "write trimmed marker",
+    )
 }
 
 /// The timestamp [`write_trimmed_max_ts`] stored, if any (a damaged file
 /// counts as none: the caller falls back to the oldest segment's header).
 fn read_trimmed_max_ts(dir: &Path) -> Option<i64> {
-    let path = dir.join(TRIMMED_FILE);
-    let bytes = fs::read(&path).ok()?;
-    let ok = bytes.len() == 20
-        && bytes.get(..8) == Some(&TRIMMED_MAGIC[..])
-        && bytes.get(16..20).and_then(|b| <[u8; 4]>::try_from(b).ok())
-            == Some(crc32c::crc32c(bytes.get(..16).unwrap_or_default()).to_le_bytes());
-    if !ok {
-        warn!(file = %path.display(), "change log: damaged trimmed marker; using the oldest segment's header instead");
-        return None;
-    }
-    bytes
-        .get(8..16)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+    let p = crate::marker::read_marker(dir, TRIMMED_FILE, &TRIMMED_MAGIC)?;
+    <[u8; 8]>::try_from(p.as_slice())
+        .ok()
         .map(i64::from_le_bytes)
 }
 

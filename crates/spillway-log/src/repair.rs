@@ -20,7 +20,7 @@ use crate::segment::{
     index_file_name, parse_file_name, remove_if_exists, sync_dir, sync_file, truncate_file,
     SEGMENT_EXT,
 };
-use crate::{recovery, LogOptions};
+use crate::{marker, recovery, LogOptions};
 
 /// One cut made by [`repair`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +53,19 @@ pub fn repair(opts: &LogOptions) -> Result<RepairReport, LogError> {
     let mut report = RepairReport::default();
     loop {
         match recovery::recover(opts) {
-            Ok(_) => return Ok(report),
+            Ok(rec) => {
+                if !report.cuts.is_empty() {
+                    // The lsns after the cut are handed out again: a new
+                    // epoch, so clients that saw the old ones are told. The
+                    // log's end moved back: an idle-confirm position beyond
+                    // it no longer explains a slot ahead of the log.
+                    let oldest = rec.segments.first().map_or(1, |s| s.base_lsn);
+                    let epochs = marker::load_or_create_epochs(&opts.dir, oldest)?;
+                    marker::begin_epoch(&opts.dir, epochs, rec.committed_lsn + 1)?;
+                    marker::remove_idle_confirmed(&opts.dir)?;
+                }
+                return Ok(report);
+            }
             Err(LogError::Damaged {
                 segment, offset, ..
             }) => {

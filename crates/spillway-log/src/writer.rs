@@ -162,6 +162,22 @@ impl LogWriter {
         self.next_lsn
     }
 
+    /// Begins a new epoch at [`next_lsn`](LogWriter::next_lsn) (durably;
+    /// no-op when the current epoch begins there) and returns it. For the
+    /// source, before it appends a record saying the log lacks events
+    /// before it: a client whose position is of an earlier epoch and at or
+    /// beyond this lsn is moved back here (see [`crate::start_in_epochs`]).
+    pub fn begin_epoch(&mut self) -> Result<crate::Epoch, LogError> {
+        let mut epochs = crate::lock::lock(&self.shared.epochs);
+        let next =
+            crate::marker::begin_epoch(&self.shared.opts.dir, epochs.clone(), self.next_lsn)?;
+        *epochs = next;
+        Ok(*epochs.last().unwrap_or(&crate::Epoch {
+            id: 0,
+            first_lsn: self.next_lsn,
+        }))
+    }
+
     fn stopped_error(&self) -> LogError {
         if self.shared.poisoned.load(Ordering::Acquire) {
             self.shared.poisoned_error()

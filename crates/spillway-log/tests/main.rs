@@ -480,6 +480,19 @@ async fn corruption_followed_by_valid_records_is_refused_then_repaired() {
     assert_eq!(lsn, 48);
     flip_byte(&seg, start + 50);
     let before = fs::read(&seg).unwrap();
+    // Before the damage: the log's epoch, and an idle-confirm position.
+    let epoch_before = {
+        fs::copy(&seg, dir.path().join("keep")).unwrap();
+        fs::write(&seg, &before[..start as usize]).unwrap();
+        let (log, w) = ChangeLog::open(opts(dir.path(), 1 << 20)).unwrap();
+        log.record_idle_confirmed(0x5000).unwrap();
+        let e = log.epochs();
+        w.close().await.unwrap();
+        drop(log);
+        fs::rename(dir.path().join("keep"), &seg).unwrap();
+        e
+    };
+    assert_eq!(epoch_before.len(), 1);
     for _ in 0..2 {
         match ChangeLog::open(opts(dir.path(), 1 << 20)) {
             Err(LogError::Damaged {
@@ -516,6 +529,19 @@ async fn corruption_followed_by_valid_records_is_refused_then_repaired() {
     assert_eq!(log.committed_lsn(), 45);
     assert_eq!(w.next_lsn(), 46);
     check_records(&read_all(&log, 1).unwrap(), 1);
+    // lsns from 46 on are handed out again: a new epoch begins there, so a
+    // client that saw the old 46.. is moved back to it.
+    let epochs = log.epochs();
+    assert_eq!(epochs.len(), 2, "{epochs:?}");
+    assert_eq!(epochs[0], epoch_before[0]);
+    assert_eq!(epochs[1].first_lsn, 46);
+    assert_eq!(log.current_epoch(), epochs[1]);
+    assert_eq!(
+        spillway_log::start_in_epochs(&epochs, epochs[0].id, 49),
+        Ok(46)
+    );
+    // The log's end moved back: the idle-confirm position no longer holds.
+    assert_eq!(log.idle_confirmed(), 0);
     w.close().await.unwrap();
     drop(log);
     // Nothing left to repair.
