@@ -332,6 +332,7 @@ impl ChangeStreamBuilder {
             backoff: self.opts.backoff_initial,
             opts: self.opts,
             resume_at: None,
+            epoch: None,
             last_received: None,
             last_delivered: None,
             conn: None,
@@ -404,9 +405,15 @@ async fn open(client: &Client, url: Url, idle: Duration) -> Result<Conn> {
             )));
         }
     }
+    let epoch = resp
+        .headers()
+        .get("spillway-log-epoch")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     Ok(Conn {
         body: Box::pin(resp.bytes_stream()),
         buf: Vec::new(),
+        epoch,
     })
 }
 
@@ -417,6 +424,9 @@ struct Conn {
     body: Body,
     /// Bytes of an incomplete line.
     buf: Vec<u8>,
+    /// The server's log epoch when this response began (`Spillway-Log-Epoch`); taken
+    /// over by the stream with the first line (see `ChangeStream::line`).
+    epoch: Option<String>,
 }
 
 /// What the stream has ready for the caller, in order.
@@ -441,6 +451,9 @@ pub struct ChangeStream {
     opts: Options,
     /// The lsn to ask for when reconnecting; `None`: ask for `start` again.
     resume_at: Option<u64>,
+    /// The log epoch `resume_at` belongs to (sent as `epoch=`, so a log that handed
+    /// those lsns out again moves the stream back instead of skipping).
+    epoch: Option<String>,
     /// The lsn of the last event received (delivered or queued).
     last_received: Option<u64>,
     /// The lsn of the last event handed to the caller.
@@ -552,9 +565,14 @@ impl ChangeStream {
         {
             let mut q = url.query_pairs_mut();
             match (self.resume_at, &self.start) {
-                (Some(lsn), _) | (None, &Start::Lsn(lsn)) => {
-                    q.append_pair("from_lsn", &lsn.to_string())
+                (Some(lsn), _) => {
+                    q.append_pair("from_lsn", &lsn.to_string());
+                    if let Some(epoch) = &self.epoch {
+                        q.append_pair("epoch", epoch);
+                    }
+                    &mut q
                 }
+                (None, &Start::Lsn(lsn)) => q.append_pair("from_lsn", &lsn.to_string()),
                 (None, Start::Timestamp(us)) => q.append_pair("from_timestamp", &us.to_string()),
                 (None, Start::Beginning) => q.append_pair("from", "beginning"),
                 (None, Start::Now) => q.append_pair("from", "now"),
@@ -669,6 +687,13 @@ impl ChangeStream {
         if line.iter().all(u8::is_ascii_whitespace) {
             return;
         }
+        // What this connection sends is in the server's current epoch — but only
+        // from its first line on: when the server moved our position back (the
+        // log handed our lsns out again), that line is the requery saying so, and
+        // a connection lost before it must ask again with the old epoch.
+        if let Some(epoch) = self.conn.as_mut().and_then(|c| c.epoch.take()) {
+            self.epoch = Some(epoch);
+        }
         let item = match Event::parse(line) {
             Err(e) => {
                 self.flush_pending();
@@ -679,7 +704,14 @@ impl ChangeStream {
             Ok(Event::RequeryRequired {
                 requested_lsn,
                 oldest_lsn,
+                log_epoch,
+                ..
             }) => {
+                // A gap the log itself records begins a new epoch: positions
+                // from here on belong to it.
+                if let Some(e) = log_epoch {
+                    self.epoch = Some(e);
+                }
                 self.flush_pending();
                 self.queue.push_back(Entry::Batch(VecDeque::from([
                     StreamItem::RequeryRequired {

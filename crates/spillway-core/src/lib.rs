@@ -200,6 +200,13 @@ pub enum Event {
         requested_lsn: u64,
         /// The oldest lsn still retained.
         oldest_lsn: u64,
+        /// Why: `trimmed`, `ahead_of_log`, `log_rewound`, `log_gap`,
+        /// `unknown_log_epoch` (absent from older servers).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// For a `log_gap` record: the log epoch that begins with it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        log_epoch: Option<String>,
     },
     /// Stream keep-alive.
     Heartbeat {

@@ -109,7 +109,11 @@
 //! * `*.tmp` — half-written index files, deleted at open;
 //! * `LOCK` — the single-process lock (holds the pid of the last opener);
 //! * `checkpoints.redb` — consumer checkpoints (a [redb] database, see
-//!   below).
+//!   below);
+//! * `trimmed`, `durable-end` (see recovery), `epochs` and
+//!   `idle-confirmed` (see [`Epoch`] and [`ChangeLog::idle_confirmed`]) —
+//!   small marker files, written atomically (tmp, fsync, rename, fsync
+//!   the directory) with a magic and a CRC32C.
 //!
 //! [redb]: https://docs.rs/redb
 //!
@@ -512,6 +516,8 @@ pub(crate) struct Shared {
     pub(crate) epochs: Mutex<Vec<Epoch>>,
     /// The stored idle-confirm position (see [`marker`]); 0 when none.
     pub(crate) idle_confirmed: AtomicU64,
+    /// The directory held records but no epochs file at open.
+    predates_epochs: bool,
     /// The directory lock; dropped last (field order), once the writer, the
     /// readers and every `ChangeLog` clone are gone.
     _dir_lock: Arc<DirLock>,
@@ -732,6 +738,7 @@ impl ChangeLog {
             "change log opened"
         );
         let oldest = rec.segments.first().map_or(1, |s| s.base_lsn);
+        let predates_epochs = rec.committed_lsn > 0 && marker::read_epochs(&opts.dir).is_none();
         let epochs = marker::load_or_create_epochs(&opts.dir, oldest)?;
         let idle_confirmed = marker::read_idle_confirmed(&opts.dir);
         let (committed_tx, _) = watch::channel(rec.committed_lsn);
@@ -750,6 +757,7 @@ impl ChangeLog {
             checkpoints,
             epochs: Mutex::new(epochs),
             idle_confirmed: AtomicU64::new(idle_confirmed),
+            predates_epochs,
             _dir_lock: dir_lock,
         });
         let writer = LogWriter::spawn(
@@ -793,6 +801,13 @@ impl ChangeLog {
             id: 0,
             first_lsn: 1,
         })
+    }
+
+    /// The directory held committed records but no epochs file when it was
+    /// opened: written by a build from before epochs and the idle-confirm
+    /// marker (or its epochs file was damaged).
+    pub fn predates_epochs(&self) -> bool {
+        self.shared.predates_epochs
     }
 
     /// The highest source position stored by [`record_idle_confirmed`]

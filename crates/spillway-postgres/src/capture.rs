@@ -358,6 +358,15 @@ async fn run_once(
 ) -> Result<(), CaptureError> {
     let mut catalog_conn = prepare(cfg).await?;
     warn_if_receive_timeout_too_short(&mut catalog_conn, cfg.receive_timeout).await?;
+    let slot_confirmed = bounded(
+        cfg.receive_timeout,
+        "the slot's confirmed_flush_lsn query",
+        catalog::confirmed_flush_lsn(&mut catalog_conn, &cfg.slot),
+    )
+    .await?;
+    if let Some(slot_confirmed) = slot_confirmed {
+        mark_gap_if_slot_is_ahead(log, writer, slot_confirmed).await?;
+    }
     let last = log.last_commit();
     let resume_after_commit = last.map(|c| c.pg_commit_lsn).unwrap_or(0);
     let start_lsn = last.map(|c| c.pg_end_lsn).unwrap_or(0);
@@ -382,6 +391,8 @@ async fn run_once(
     let mut appended_end: u64 = durable_rx.borrow().map(|c| c.pg_end_lsn).unwrap_or(0);
     // Highest position that may be confirmed once everything appended is durable.
     let mut idle_confirmable: u64 = 0;
+    // When the idle-confirm position was last stored (see idle_target).
+    let mut idle_stored_at: Option<Instant> = None;
     let mut next_lsn = writer.next_lsn();
     let mut pending: Option<Pending> = None;
     let mut out: Vec<EncodedEvent> = Vec::with_capacity(16);
@@ -412,6 +423,7 @@ async fn run_once(
                 writer.flush().await?;
                 let durable = durable_rx.borrow().map(|c| c.pg_end_lsn).unwrap_or(0);
                 let target = if !in_tx && durable >= appended_end { durable.max(idle_confirmable) } else { durable };
+                let target = idle_target(log, durable, target, &mut idle_stored_at, true)?;
                 if target > confirmed {
                     confirmed = target;
                     status.confirmed_flush_lsn.store(confirmed, Ordering::Relaxed);
@@ -431,10 +443,14 @@ async fn run_once(
             }
             changed = durable_rx.changed() => {
                 if changed.is_err() {
-                    return Err(CaptureError::Log(LogError::Closed));
+                    // The writer stopped: say why (a failed write or fsync names
+                    // its OS error there), not just that it is gone.
+                    let why = writer.flush().await.err().unwrap_or(LogError::Closed);
+                    return Err(CaptureError::Log(why));
                 }
                 let durable = durable_rx.borrow_and_update().map(|c| c.pg_end_lsn).unwrap_or(0);
                 let target = if !in_tx && durable >= appended_end { durable.max(idle_confirmable) } else { durable };
+                let target = idle_target(log, durable, target, &mut idle_stored_at, false)?;
                 if target > confirmed {
                     confirmed = target;
                     status.confirmed_flush_lsn.store(confirmed, Ordering::Relaxed);
@@ -442,6 +458,15 @@ async fn run_once(
                 }
             }
             _ = ticker.tick() => {
+                // An idle position held back by idle_target's rate goes out here.
+                let durable = durable_rx.borrow().map(|c| c.pg_end_lsn).unwrap_or(0);
+                if !in_tx && pending.is_none() && durable >= appended_end {
+                    let target = idle_target(log, durable, durable.max(idle_confirmable), &mut idle_stored_at, false)?;
+                    if target > confirmed {
+                        confirmed = target;
+                        status.confirmed_flush_lsn.store(confirmed, Ordering::Relaxed);
+                    }
+                }
                 send_status(&mut stream, limit, confirmed, false).await?;
                 let retained = bounded(
                     limit,
@@ -465,10 +490,13 @@ async fn run_once(
                             idle_confirmable = idle_confirmable.max(wal_end);
                             let durable = durable_rx.borrow().map(|c| c.pg_end_lsn).unwrap_or(0);
                             if durable >= appended_end && idle_confirmable > confirmed {
-                                confirmed = idle_confirmable;
-                                status.confirmed_flush_lsn.store(confirmed, Ordering::Relaxed);
-                                send_status(&mut stream, limit, confirmed, false).await?;
-                                continue;
+                                let target = idle_target(log, durable, idle_confirmable, &mut idle_stored_at, false)?;
+                                if target > confirmed {
+                                    confirmed = target;
+                                    status.confirmed_flush_lsn.store(confirmed, Ordering::Relaxed);
+                                    send_status(&mut stream, limit, confirmed, false).await?;
+                                    continue;
+                                }
                             }
                         }
                         if reply_requested {
@@ -560,6 +588,111 @@ async fn run_once(
             }
         }
     }
+}
+
+/// How often at most the idle-confirm position is stored (an fsync each): idle
+/// confirmations beyond the stored one wait for the next store.
+const IDLE_STORE_EVERY: Duration = Duration::from_secs(1);
+
+/// What may be confirmed of `target` now. A position beyond the log's durable commit
+/// (`durable`; only uncaptured changes up to there) is stored first
+/// ([`ChangeLog::record_idle_confirmed`]), so the next start can tell it from a gap in
+/// the log; stores are rate-limited to [`IDLE_STORE_EVERY`] unless `force`, and until
+/// the next one the answer is the stored position. The store is a small synchronous
+/// write + fsync, rare enough not to need a blocking thread.
+fn idle_target(
+    log: &ChangeLog,
+    durable: u64,
+    target: u64,
+    stored_at: &mut Option<Instant>,
+    force: bool,
+) -> Result<u64, CaptureError> {
+    let stored = log.idle_confirmed();
+    if target <= durable.max(stored) {
+        return Ok(target);
+    }
+    if !force && stored_at.is_some_and(|t| t.elapsed() < IDLE_STORE_EVERY) {
+        return Ok(durable.max(stored));
+    }
+    log.record_idle_confirmed(target)?;
+    *stored_at = Some(Instant::now());
+    Ok(target)
+}
+
+/// The slot says PostgreSQL will not send anything before `slot_confirmed`. When that
+/// is beyond both the log's last commit and the stored idle-confirm position (see
+/// [`ChangeLog::record_idle_confirmed`]), the log lacks confirmed transactions: the
+/// directory was repaired or restored from a backup, or something else consumed the
+/// slot. Those transactions cannot be read again, so the gap is written into the log
+/// itself, as its own transaction: a `requery_required` record (`reason: "log_gap"`) at
+/// the next lsn, in a new epoch beginning there. Every reader below it meets it before
+/// the first event after the gap; a client of an earlier epoch beyond it is moved back
+/// to it. Its `pg_end_lsn` is `slot_confirmed`, so the next start finds no gap again.
+/// An empty log (nothing ever committed) only warns: there is no reader to tell.
+pub async fn mark_gap_if_slot_is_ahead(
+    log: &ChangeLog,
+    writer: &mut LogWriter,
+    slot_confirmed: u64,
+) -> Result<(), CaptureError> {
+    let log_end = log.last_commit().map_or(0, |c| c.pg_end_lsn);
+    let idle = log.idle_confirmed();
+    if slot_confirmed <= log_end.max(idle) {
+        return Ok(());
+    }
+    let fmt = spillway_pgoutput::message::format_pg_lsn;
+    if log.predates_epochs() {
+        // Written by an earlier build, which confirmed idle positions without
+        // storing them: the slot cannot be told from a gap, and an upgrade must not
+        // alarm every consumer. Trusted once; from now on positions are stored.
+        tracing::warn!(
+            slot_confirmed_flush_lsn = %fmt(slot_confirmed),
+            "change log from an earlier version: taking the slot's confirmed position beyond the log's last commit for idle progress"
+        );
+        log.record_idle_confirmed(slot_confirmed)?;
+        return Ok(());
+    }
+    if log.committed_lsn() == 0 {
+        if log_end.max(idle) > 0 || slot_confirmed > 0 {
+            tracing::warn!(
+                slot_confirmed_flush_lsn = %fmt(slot_confirmed),
+                "the replication slot was confirmed before this change log began; changes committed before that position are not in the log"
+            );
+        }
+        return Ok(());
+    }
+    writer.flush().await?;
+    let epoch = writer.begin_epoch()?;
+    let lsn = writer.next_lsn();
+    tracing::error!(
+        lsn,
+        log_end = %fmt(log_end),
+        slot_confirmed_flush_lsn = %fmt(slot_confirmed),
+        "the change log lacks transactions the replication slot was confirmed for (a repaired or restored log directory, or another reader of the slot); wrote requery_required at this lsn: every consumer reading past it must re-snapshot"
+    );
+    let payload = format!(
+        "{{\"type\":\"requery_required\",\"lsn\":{lsn},\"id\":\"gap:{}\",\"timestamp\":{},\"requested_lsn\":{lsn},\"oldest_lsn\":{},\"reason\":\"log_gap\",\"log_epoch\":\"{}\",\"log_end_pg_lsn\":\"{}\",\"slot_confirmed_pg_lsn\":\"{}\"}}",
+        fmt(slot_confirmed),
+        unix_now_us(),
+        lsn + 1,
+        epoch.id_hex(),
+        fmt(log_end),
+        fmt(slot_confirmed),
+    );
+    writer
+        .append(AppendRecord {
+            lsn,
+            timestamp_us: unix_now_us(),
+            tx_end: true,
+            // Below the slot position: a transaction whose commit record
+            // starts exactly there is sent and must not be taken for one the
+            // log already holds.
+            pg_commit_lsn: slot_confirmed.saturating_sub(1).max(log_end),
+            pg_end_lsn: slot_confirmed,
+            payload: payload.into_bytes(),
+        })
+        .await?;
+    writer.flush().await?;
+    Ok(())
 }
 
 /// A pgoutput message that does not decode (or encode): fatal, see the module doc.

@@ -701,6 +701,9 @@ impl Runner<'_> {
             }
             return Ok(());
         };
+        if head.kind == "requery_required" {
+            self.status.requeries.fetch_add(1, Ordering::Relaxed);
+        }
         pending.bytes += encoded.value.as_ref().map_or(0, Vec::len);
         pending.txs.push(pending.last_tx.clone());
         pending.records.push(SinkRecord {

@@ -857,11 +857,16 @@ async fn a_requery_record_in_the_log_is_delivered_or_stops_the_sink() {
         run.status.checkpoint_lsn() == committed
     })
     .await;
+    let run_requeries = run.status.requeries();
     run.stop().await.expect("clean stop");
     let lines = buf.lines();
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0]["type"], "requery_required");
     assert_eq!(lines[0]["reason"], "log_gap");
+    assert_eq!(
+        run_requeries, 1,
+        "an in-log requery counts in the sink's status"
+    );
 
     let mut settings = test_settings("flat");
     settings.format = spillway_core::encoding::Format::Flat;

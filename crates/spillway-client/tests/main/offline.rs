@@ -58,6 +58,8 @@ enum Reply {
     Json(u16, serde_json::Value),
     Empty(u16),
     Stream(Vec<Step>),
+    /// A stream whose response names this log epoch (`Spillway-Log-Epoch`).
+    StreamEpoch(&'static str, Vec<Step>),
 }
 
 struct Fake {
@@ -169,37 +171,47 @@ async fn serve(mut sock: TcpStream, reqs: Arc<Mutex<Vec<Req>>>, handler: Arc<Han
                 format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
             let _ = sock.write_all(head.as_bytes()).await;
         }
-        Reply::Stream(steps) => {
-            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
-            if sock.write_all(head.as_bytes()).await.is_err() {
-                return;
-            }
-            for step in steps {
-                match step {
-                    Step::Chunk(data) => {
-                        let frame = format!("{:x}\r\n{data}\r\n", data.len());
-                        if sock.write_all(frame.as_bytes()).await.is_err() {
-                            return;
-                        }
-                        let _ = sock.flush().await;
-                    }
-                    // A scripted pause between chunks (the test's subject: data arriving in pieces).
-                    Step::Sleep(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
-                    Step::Close => return,
-                    Step::End => {
-                        let _ = sock.write_all(b"0\r\n\r\n").await;
-                        return;
-                    }
-                    Step::Hang => {
-                        // A stalled server keeps the connection open and sends nothing.
-                        tokio::time::sleep(Duration::from_secs(3600)).await;
-                        return;
-                    }
-                }
-            }
+        Reply::Stream(steps) => stream(&mut sock, "", steps).await,
+        Reply::StreamEpoch(epoch, steps) => {
+            stream(
+                &mut sock,
+                &format!("spillway-log-epoch: {epoch}\r\n"),
+                steps,
+            )
+            .await
         }
     }
     let _ = sock.shutdown().await;
+}
+
+async fn stream(sock: &mut TcpStream, extra_headers: &str, steps: Vec<Step>) {
+    let head = format!("HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n{extra_headers}connection: close\r\n\r\n");
+    if sock.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    for step in steps {
+        match step {
+            Step::Chunk(data) => {
+                let frame = format!("{:x}\r\n{data}\r\n", data.len());
+                if sock.write_all(frame.as_bytes()).await.is_err() {
+                    return;
+                }
+                let _ = sock.flush().await;
+            }
+            // A scripted pause between chunks (the test's subject: data arriving in pieces).
+            Step::Sleep(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+            Step::Close => return,
+            Step::End => {
+                let _ = sock.write_all(b"0\r\n\r\n").await;
+                return;
+            }
+            Step::Hang => {
+                // A stalled server keeps the connection open and sends nothing.
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return;
+            }
+        }
+    }
 }
 
 /// A native change line for row `id` of `public.items`.
@@ -892,4 +904,70 @@ fn stream_futures_are_send() {
     }
     let _ = check;
     send(&client.checkpoint("x", 1));
+}
+
+/// Issue 8.3: the stream resumes with the log epoch its position belongs to —
+/// the server's header from the first line of a connection on, and the
+/// `log_epoch` of a gap record the log holds — and a connection lost before
+/// its first line asks again with the epoch it had.
+#[tokio::test]
+async fn resumes_with_the_log_epoch_of_its_position() {
+    let f = fake(|n, _| match n {
+        0 => Reply::StreamEpoch(
+            "00000000000000aa",
+            vec![chunk(change(1, 1, "insert") + &change(2, 2, "insert")), Step::Close],
+        ),
+        // Lost before its first line: its epoch must not be taken over.
+        1 => Reply::StreamEpoch("00000000000000bb", vec![Step::Close]),
+        2 => Reply::StreamEpoch(
+            "00000000000000bb",
+            vec![
+                chunk(format!(
+                    "{}\n",
+                    json!({"type": "requery_required", "lsn": 3, "requested_lsn": 3, "oldest_lsn": 4, "reason": "log_gap", "log_epoch": "00000000000000cc", "timestamp": 1})
+                )),
+                chunk(change(4, 4, "insert")),
+                Step::Close,
+            ],
+        ),
+        _ => Reply::StreamEpoch("00000000000000cc", vec![chunk(change(5, 5, "insert")), Step::Hang]),
+    })
+    .await;
+    let mut s = f
+        .client()
+        .stream_changes()
+        .from_lsn(1)
+        .backoff(FAST, FAST)
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        got.push(next(&mut s).await);
+    }
+    assert!(
+        matches!(
+            got[2],
+            StreamItem::RequeryRequired {
+                requested_lsn: 3,
+                oldest_lsn: 4
+            }
+        ),
+        "{got:?}"
+    );
+    assert_eq!(lsns(&got), vec![1, 2, 4, 5]);
+    let reqs = f.changes_requests();
+    let asked: Vec<(Option<String>, Option<String>)> = reqs
+        .iter()
+        .map(|r| (r.query("from_lsn"), r.query("epoch")))
+        .collect();
+    let p = |l: &str, e: Option<&str>| (Some(l.to_string()), e.map(str::to_string));
+    assert_eq!(
+        asked,
+        vec![
+            p("1", None),
+            p("3", Some("00000000000000aa")),
+            p("3", Some("00000000000000aa")),
+            p("5", Some("00000000000000cc")),
+        ]
+    );
 }

@@ -9,8 +9,18 @@
 //! log's committed-lsn watch, not on a timer.
 //!
 //! Formats: NDJSON (default; a batch is a run of lines written together) and Server-Sent
-//! Events for `Accept: text/event-stream` (`id:` = lsn, so a browser's `Last-Event-ID`
-//! resumes right after the last event it saw).
+//! Events for `Accept: text/event-stream` (`id:` = `lsn:epoch`, so a browser's
+//! `Last-Event-ID` resumes right after the last event it saw).
+//!
+//! **Epochs.** Every response names the log's current epoch in the `Spillway-Log-Epoch`
+//! header (16 hex digits); a `requery_required` record the log itself holds (`reason:
+//! "log_gap"`) names the epoch that begins with it in `log_epoch`. A client resuming by
+//! lsn sends the epoch its position belongs to (`epoch=`, or `Last-Event-ID: lsn:epoch`):
+//! when a later epoch began at or below that position (a repaired or restored log handed
+//! those lsns out again), the stream starts at that epoch's first lsn instead, after a
+//! `requery_required` (`reason: "log_rewound"`, `oldest_lsn` = that lsn) — and an epoch this log never had is answered with
+//! `requery_required` (`reason: "unknown_log_epoch"`), then the log's end. Without an
+//! epoch, a position is taken as it is.
 
 use super::{bad_request, now_us, ApiError, ApiState};
 use axum::body::Body;
@@ -38,6 +48,7 @@ const PARAMS: &[&str] = &[
     "batch_size",
     "batch_timeout_ms",
     "heartbeat_ms",
+    "epoch",
 ];
 const OPERATIONS: &[&str] = &["insert", "update", "delete", "truncate", "read"];
 /// Largest accepted `batch_size`.
@@ -88,6 +99,8 @@ pub struct StreamParams {
     pub heartbeat: Duration,
     /// Wire format.
     pub format: Format,
+    /// The log epoch a `from_lsn` / `Last-Event-ID` position belongs to.
+    pub epoch: Option<u64>,
 }
 
 /// Which events a consumer wants.
@@ -273,13 +286,31 @@ pub fn parse_params(
             StartAt::Consumer(name.clone())
         }
     };
+    let mut epoch = match q.get("epoch") {
+        None => None,
+        Some(v) => Some(parse_epoch(v).ok_or_else(|| {
+            bad_request(format!(
+                "`epoch` must be the 16 hex digits of a Spillway-Log-Epoch header, got `{v}`"
+            ))
+        })?),
+    };
+    if epoch.is_some() && !matches!(start, StartAt::Lsn(_)) {
+        return Err(bad_request(
+            "`epoch` says which log epoch a `from_lsn` belongs to; give it with `from_lsn` only",
+        ));
+    }
     // A reconnecting EventSource resumes right after the last event it received.
     if let Some(id) = headers.get("last-event-id") {
-        let id = id
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .ok_or_else(|| bad_request("`Last-Event-ID` must be an lsn"))?;
+        let bad = || bad_request("`Last-Event-ID` must be an lsn, or `lsn:epoch` as sent in `id:`");
+        let text = id.to_str().map_err(|_| bad())?.trim();
+        let (lsn_text, epoch_text) = match text.split_once(':') {
+            Some((l, e)) => (l, Some(e)),
+            None => (text, None),
+        };
+        let id = lsn_text.parse::<u64>().map_err(|_| bad())?;
+        if let Some(e) = epoch_text {
+            epoch = Some(parse_epoch(e).ok_or_else(bad)?);
+        }
         let next = id.checked_add(1).ok_or_else(|| {
             bad_request(format!(
                 "`Last-Event-ID` {id} is not an lsn this log can reach; reconnect without it (or with from_lsn)"
@@ -320,7 +351,15 @@ pub fn parse_params(
             number(q, "heartbeat_ms", 100, 300_000)?.unwrap_or(10_000),
         ),
         format,
+        epoch,
     })
+}
+
+fn parse_epoch(v: &str) -> Option<u64> {
+    if v.is_empty() || v.len() > 16 {
+        return None;
+    }
+    u64::from_str_radix(v, 16).ok()
 }
 
 fn list_plain(q: &HashMap<String, String>, key: &str) -> Result<Vec<String>, ApiError> {
@@ -386,9 +425,11 @@ pub(crate) async fn changes(
         Format::Ndjson => "application/x-ndjson",
         Format::Sse => "text/event-stream",
     };
+    let epoch = state.log.current_epoch().id_hex();
     tokio::spawn(stream_task(state, from_lsn, pending, params, tx));
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, content_type)
+        .header("spillway-log-epoch", epoch)
         .header(header::CACHE_CONTROL, "no-cache")
         .header("x-accel-buffering", "no")
         .body(Body::from_stream(
@@ -398,15 +439,22 @@ pub(crate) async fn changes(
 }
 
 /// Appends one event in the stream's format.
-fn push_event(buf: &mut Vec<u8>, format: Format, lsn: Option<u64>, kind: &str, payload: &[u8]) {
+/// `id` is `lsn:epoch` (SSE only).
+fn push_event(
+    buf: &mut Vec<u8>,
+    format: Format,
+    id: Option<(u64, &str)>,
+    kind: &str,
+    payload: &[u8],
+) {
     match format {
         Format::Ndjson => {
             buf.extend_from_slice(payload);
             buf.push(b'\n');
         }
         Format::Sse => {
-            if let Some(lsn) = lsn {
-                buf.extend_from_slice(format!("id: {lsn}\n").as_bytes());
+            if let Some((lsn, epoch)) = id {
+                buf.extend_from_slice(format!("id: {lsn}:{epoch}\n").as_bytes());
             }
             buf.extend_from_slice(format!("event: {kind}\ndata: ").as_bytes());
             buf.extend_from_slice(payload);
@@ -446,13 +494,15 @@ struct Batch {
 }
 
 impl Batch {
-    fn push(&mut self, format: Format, lsn: u64, payload: &[u8]) {
+    /// `epoch`: the log's current epoch, read after the record became visible (an epoch
+    /// begins before its first record is written), so it is right for this lsn.
+    fn push(&mut self, format: Format, lsn: u64, epoch: &str, payload: &[u8]) {
         let kind = if format == Format::Sse {
             event_kind(payload)
         } else {
             String::new()
         };
-        push_event(&mut self.buf, format, Some(lsn), &kind, payload);
+        push_event(&mut self.buf, format, Some((lsn, epoch)), &kind, payload);
         self.events += 1;
         self.started.get_or_insert_with(Instant::now);
     }
@@ -494,8 +544,10 @@ async fn stream_task(
     let format = params.format;
     // `reason`: `trimmed` (retention deleted requested..oldest),
     // `ahead_of_log` (the position is past the log's end: the client saw
-    // lsns this log does not hold, e.g. after a repair or restore), or
-    // `log_rewound` (a named consumer's checkpoint was reset for that).
+    // lsns this log does not hold, e.g. after a repair or restore),
+    // `log_rewound` (a named consumer's checkpoint was reset for that, or a
+    // position of an earlier epoch was moved back to a later epoch's start),
+    // or `unknown_log_epoch`.
     let requery = |requested: u64, oldest: u64, reason: &str| {
         control(
             format,
@@ -511,6 +563,32 @@ async fn stream_task(
             .is_err()
         {
             return;
+        }
+    }
+    // A position of an earlier epoch: lsns from a later epoch's start on are
+    // not the ones the client saw.
+    if let Some(epoch) = params.epoch {
+        match spillway_log::start_in_epochs(&log.epochs(), epoch, start) {
+            Ok(s) if s < start => {
+                // Said first, so the client takes what follows for new events,
+                // not duplicates of what it saw at these lsns before.
+                if tx.send(Ok(requery(start, s, "log_rewound"))).await.is_err() {
+                    return;
+                }
+                start = s;
+            }
+            Ok(_) => {}
+            Err(()) => {
+                let end = log.committed_lsn();
+                if tx
+                    .send(Ok(requery(start, end + 1, "unknown_log_epoch")))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                start = end + 1;
+            }
         }
     }
     // Committed lsns only grow: a start beyond the end means the client saw
@@ -553,11 +631,16 @@ async fn stream_task(
         reader = r;
         match records {
             Ok(records) if !records.is_empty() => {
+                let epoch = if format == Format::Sse {
+                    log.current_epoch().id_hex()
+                } else {
+                    String::new()
+                };
                 for rec in records {
                     if !params.filter.accepts(&rec.payload) {
                         continue;
                     }
-                    batch.push(format, rec.lsn, &rec.payload);
+                    batch.push(format, rec.lsn, &epoch, &rec.payload);
                     let full =
                         batch.events >= params.batch_size || batch.buf.len() >= MAX_CHUNK_BYTES;
                     if full && !batch.send(&tx, None).await {
@@ -695,6 +778,35 @@ mod tests {
                 "{bad:?}: `{e}` does not name `{needle}`"
             );
         }
+    }
+
+    #[test]
+    fn epochs_go_with_an_lsn_position_only() {
+        let p = parse(&[("from_lsn", "7"), ("epoch", "00000000000000ab")]).unwrap();
+        assert_eq!((p.start, p.epoch), (StartAt::Lsn(7), Some(0xab)));
+        for (pairs, needle) in [
+            (vec![("from", "beginning"), ("epoch", "ab")], "from_lsn"),
+            (vec![("epoch", "ab")], "from_lsn"),
+            (vec![("from_lsn", "1"), ("epoch", "xyz")], "16 hex digits"),
+            (vec![("from_lsn", "1"), ("epoch", "")], "16 hex digits"),
+            (
+                vec![("from_lsn", "1"), ("epoch", "00000000000000000ab")],
+                "16 hex digits",
+            ),
+        ] {
+            let e = parse(&pairs).unwrap_err();
+            assert!(e.contains(needle), "{pairs:?}: {e}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert("last-event-id", "41:00000000000000cd".parse().unwrap());
+        let p = parse_params(&q(&[]), &h).unwrap();
+        assert_eq!((p.start, p.epoch), (StartAt::Lsn(42), Some(0xcd)));
+        h.insert("last-event-id", "41:zz".parse().unwrap());
+        let e = parse_params(&q(&[]), &h)
+            .err()
+            .map(|e| e.1)
+            .unwrap_or_default();
+        assert!(e.contains("lsn:epoch"), "{e}");
     }
 
     /// Issue 8.7: `Last-Event-ID: u64::MAX` must be a 400, not an overflow.

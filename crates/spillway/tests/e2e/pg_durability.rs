@@ -750,3 +750,116 @@ async fn current_wal_lsn(pg: &PgCluster) -> String {
         .clone()
         .unwrap()
 }
+
+/// Issue 8.2 end to end: a write error of the log under `spillway run` (here
+/// a file-size limit, so the kernel answers EFBIG as it would ENOSPC for a
+/// full disk) stops the process with one line naming the OS error, no
+/// panic; PostgreSQL was confirmed only up to what the log holds durably,
+/// and a restart without the limit captures every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_write_error_stops_run_with_one_line_and_loses_nothing() {
+    let pg = cluster(SCHEMA).await;
+    let work = tempfile::tempdir().unwrap();
+    let log_dir = work.path().join("log");
+    // One segment larger than the limit, so the segment file is what hits it.
+    let text = config_text(&pg, &log_dir, "")
+        .replace("segment_bytes = \"1MiB\"", "segment_bytes = \"64MiB\"");
+    let config_path = work.path().join("spillway.toml");
+    std::fs::write(&config_path, &text).unwrap();
+    let config = config_path.display().to_string();
+    // SIGXFSZ ignored (inherited through exec): the write fails with EFBIG.
+    let mut p = Proc::start_via(
+        &[
+            "sh",
+            "-c",
+            "trap '' XFSZ; exec prlimit --fsize=3145728 \"$0\" \"$@\"",
+        ],
+        &["run", "--config", &config],
+        &[],
+        work.path(),
+    );
+    // Rows committed before the slot exists are not for capture.
+    let deadline = Instant::now() + WAIT;
+    while row_count(&pg, "pg_replication_slots WHERE slot_name = 'spillway'").await == 0 {
+        assert!(Instant::now() < deadline, "no slot: {}", p.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut batch = 0i64;
+    while !p.has_exited() {
+        assert!(
+            Instant::now() < deadline,
+            "spillway kept running past its file-size limit: {}",
+            p.stderr()
+        );
+        if batch < 40 {
+            pg.execute(
+                "shop",
+                &format!(
+                    "INSERT INTO t SELECT g, {batch}, repeat('x', 2000) FROM generate_series({}, {}) g",
+                    batch * 100 + 1,
+                    batch * 100 + 100
+                ),
+            )
+            .await
+            .unwrap();
+            batch += 1;
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let stderr = p.stderr();
+    let status = p.terminate();
+    assert!(!status.success(), "exit status {status}: {stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("os error 27"),
+        "the OS error is named: {}",
+        errors[0]
+    );
+    assert!(
+        errors[0].contains(".seg"),
+        "the file is named: {}",
+        errors[0]
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // Confirmed only what the log holds durably.
+    let (log, writer) =
+        spillway_log::ChangeLog::open(spillway_log::LogOptions::new(&log_dir)).unwrap();
+    let held = log.last_commit().map_or(0, |c| c.pg_end_lsn);
+    drop(writer);
+    drop(log);
+    let rows = pg
+        .execute(
+            "shop",
+            &format!("SELECT confirmed_flush_lsn <= '{}'::pg_lsn FROM pg_replication_slots WHERE slot_name = 'spillway'", format!("{:X}/{:X}", held >> 32, held & 0xffff_ffff)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rows[0][0].as_deref(),
+        Some("t"),
+        "the slot was confirmed beyond the log's durable end"
+    );
+
+    // Without the limit, every committed row arrives once.
+    let inserted = batch * 100;
+    let p = Proc::start(&config_path, work.path());
+    crate::pg::wait_confirmed_caught_up(&pg).await;
+    p.terminate();
+    let events = read_log_dir(&log_dir);
+    let ids: Vec<i64> = events
+        .iter()
+        .filter(|e| e["type"] == "change")
+        .map(|e| e["new_data"]["id"].as_i64().unwrap())
+        .collect();
+    let want: Vec<i64> = (1..=inserted).collect();
+    assert!(
+        ids == want,
+        "every row once, in order: got {} ids, first {:?}, last {:?}; want 1..={inserted}",
+        ids.len(),
+        ids.first(),
+        ids.last()
+    );
+}

@@ -36,6 +36,29 @@ fn record_starts(path: &Path) -> Vec<(u64, usize)> {
     out
 }
 
+/// The first `n` lines of a stream.
+async fn first_lines(url: &str, n: usize) -> Vec<Value> {
+    let mut resp = reqwest::get(url).await.unwrap();
+    let mut buf = Vec::new();
+    loop {
+        let chunk = tokio::time::timeout(WAIT, resp.chunk())
+            .await
+            .expect("lines in time")
+            .unwrap()
+            .expect("the stream stays open");
+        buf.extend_from_slice(&chunk);
+        let complete = &buf[..buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1)];
+        let lines: Vec<Value> = complete
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        if lines.len() >= n {
+            return lines;
+        }
+    }
+}
+
 async fn first_line(url: &str) -> Value {
     let mut resp = reqwest::get(url).await.unwrap();
     let mut buf = Vec::new();
@@ -91,6 +114,18 @@ async fn a_damaged_log_is_refused_then_repaired_and_consumers_are_told() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // A second consumer well below where the damage will be.
+    let r = reqwest::Client::new()
+        .put(format!(
+            "http://{}/v1/consumers/below/checkpoint",
+            running.addr
+        ))
+        .body(json!({ "lsn": 10 }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let old_epoch = running.log.current_epoch();
     running.shutdown();
     running.wait().await.unwrap();
 
@@ -155,15 +190,52 @@ async fn a_damaged_log_is_refused_then_repaired_and_consumers_are_told() {
     let damaged = PathBuf::from(format!("{}.damaged", seg.display()));
     assert_eq!(std::fs::read(&damaged).unwrap(), bytes[at..]);
 
-    // Runs again; the consumer that had read past the cut is told first.
+    // Runs again. The slot was confirmed for the transactions the cut
+    // removed, so PostgreSQL will not send them again: the log records the
+    // gap itself, a requery_required record in a new epoch.
     let running = spillway_server::start(Config::from_parts(Some(("test", &text)), &[]).unwrap())
         .await
         .unwrap();
-    let committed = running.log.committed_lsn();
+    let events = read_until(&running.log, 1, |ev| {
+        ev.iter().any(|e| e["type"] == "requery_required")
+    })
+    .await;
+    let gap = events
+        .iter()
+        .find(|e| e["type"] == "requery_required")
+        .unwrap()
+        .clone();
+    let gap_lsn = gap["lsn"].as_u64().unwrap();
+    let committed = gap_lsn - 1;
     assert!(
         committed < bad_lsn,
         "the log ends before the damage ({committed})"
     );
+    assert_eq!(gap["reason"], "log_gap", "{gap}");
+    assert_eq!(gap["requested_lsn"], gap_lsn);
+    assert_eq!(gap["oldest_lsn"], gap_lsn + 1);
+    let epochs = running.log.epochs();
+    assert_eq!(epochs.len(), 2, "{epochs:?}");
+    assert_eq!(epochs[0], old_epoch);
+    assert_eq!(
+        epochs[1].first_lsn, gap_lsn,
+        "the new epoch begins at the gap"
+    );
+    assert_eq!(gap["log_epoch"], epochs[1].id_hex());
+    // The consumer below the cut reads on up to the cut, then meets the gap
+    // before anything captured after it.
+    let below = format!("http://{}/v1/changes?consumer=below", running.addr);
+    let want = (gap_lsn - 10) as usize;
+    let mut lines = first_lines(&below, want).await;
+    lines.truncate(want);
+    let lsns: Vec<u64> = lines.iter().map(|l| l["lsn"].as_u64().unwrap()).collect();
+    assert_eq!(
+        lsns,
+        (11..=gap_lsn).collect::<Vec<_>>(),
+        "below the cut: every lsn up to the gap, in order"
+    );
+    assert_eq!(lines.last().unwrap()["type"], "requery_required");
+    assert_eq!(lines.last().unwrap()["reason"], "log_gap");
     let first = first_line(&format!(
         "http://{}/v1/changes?consumer=reader",
         running.addr
@@ -190,7 +262,47 @@ async fn a_damaged_log_is_refused_then_repaired_and_consumers_are_told() {
         .await
         .unwrap();
     assert!(put.status().is_success(), "{}", put.text().await.unwrap());
+    assert_eq!(
+        first_line(&url).await["type"],
+        "requery_required",
+        "the gap record comes next"
+    );
+    let put = reqwest::Client::new()
+        .put(format!(
+            "http://{}/v1/consumers/reader/checkpoint",
+            running.addr
+        ))
+        .json(&serde_json::json!({"lsn": gap_lsn}))
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success());
     assert_eq!(first_line(&url).await["type"], "heartbeat");
+
+    // The log regrows past what an anonymous client had seen before the cut.
+    pg.execute(
+        "shop",
+        "INSERT INTO bank.holding SELECT g, 'y' FROM generate_series(1000, 1299) g",
+    )
+    .await
+    .unwrap();
+    read_until(&running.log, 1, |ev| {
+        ev.last().and_then(|e| e["lsn"].as_u64()).unwrap_or(0) > end + 5
+    })
+    .await;
+    let base = format!("http://{}/v1/changes?from_lsn={}", running.addr, end + 1);
+    // With the epoch its position belongs to, it is told and moved back to
+    // the gap, whose record comes next.
+    let lines = first_lines(&format!("{base}&epoch={}", old_epoch.id_hex()), 2).await;
+    assert_eq!(lines[0]["type"], "requery_required", "{lines:?}");
+    assert_eq!(lines[0]["reason"], "log_rewound");
+    assert_eq!(lines[0]["requested_lsn"], end + 1);
+    assert_eq!(lines[0]["oldest_lsn"], gap_lsn);
+    assert_eq!(lines[1]["lsn"], gap_lsn, "{lines:?}");
+    assert_eq!(lines[1]["reason"], "log_gap");
+    // In the current epoch the position is taken as it is.
+    let first = first_line(&format!("{base}&epoch={}", epochs[1].id_hex())).await;
+    assert_eq!(first["lsn"], end + 1, "{first}");
     running.shutdown();
     running.wait().await.unwrap();
 }

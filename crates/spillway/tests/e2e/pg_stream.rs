@@ -446,22 +446,47 @@ async fn server_sent_events_resume_with_last_event_id_and_heartbeats_keep_idle_s
     )
     .await;
     assert_eq!(s.resp.headers()["content-type"], "text/event-stream");
-    assert_eq!(s.next().await, "id: 1");
+    // ids are lsn:epoch, the epoch as the response header names it
+    let epoch = s.resp.headers()["spillway-log-epoch"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(epoch.len(), 16, "{epoch}");
+    assert_eq!(epoch, running.log.current_epoch().id_hex());
+    assert_eq!(s.next().await, format!("id: 1:{epoch}"));
     assert_eq!(s.next().await, "event: schema_change");
     assert!(s
         .next()
         .await
         .starts_with("data: {\"type\":\"schema_change\""));
-    assert_eq!(s.next().await, "id: 2");
+    assert_eq!(s.next().await, format!("id: 2:{epoch}"));
     assert_eq!(s.next().await, "event: change");
-    // a browser reconnecting with Last-Event-ID: 2 continues at 3
+    // a browser reconnecting with Last-Event-ID: 2:<epoch> continues at 3
+    let mut s = Lines::open_with(
+        c.get(format!("{base}/v1/changes?from=beginning"))
+            .header("accept", "text/event-stream")
+            .header("last-event-id", format!("2:{epoch}")),
+    )
+    .await;
+    assert_eq!(s.next().await, format!("id: 3:{epoch}"));
+    // a bare lsn (an earlier server's id) still works
     let mut s = Lines::open_with(
         c.get(format!("{base}/v1/changes?from=beginning"))
             .header("accept", "text/event-stream")
             .header("last-event-id", "2"),
     )
     .await;
-    assert_eq!(s.next().await, "id: 3");
+    assert_eq!(s.next().await, format!("id: 3:{epoch}"));
+    // an epoch this log never had: told, never taken as valid
+    let mut s = Lines::open_with(
+        c.get(format!("{base}/v1/changes?from=beginning"))
+            .header("accept", "text/event-stream")
+            .header("last-event-id", "2:00000000000000ff"),
+    )
+    .await;
+    assert_eq!(s.next().await, "event: requery_required");
+    let data = s.next().await;
+    assert!(data.contains("\"reason\":\"unknown_log_epoch\""), "{data}");
     // an idle NDJSON stream gets heartbeat lines
     let mut s = Lines::open(&format!("{base}/v1/changes?from=now&heartbeat_ms=200")).await;
     let hb = s.next_json().await;
@@ -1205,6 +1230,133 @@ async fn a_file_sink_is_a_named_consumer_with_status_and_metrics() {
     assert!(
         text.contains("Sink audit (file): ok, delivered 6"),
         "{text}"
+    );
+
+    // Issue 8.8 over HTTP. API consumer calls under the sink's name touch an
+    // API consumer of that name, never the sink.
+    let c = reqwest::Client::new();
+    let sink_cp = || {
+        running
+            .log
+            .checkpoints()
+            .get("sink:audit")
+            .unwrap()
+            .unwrap()
+            .lsn
+    };
+    assert_eq!(sink_cp(), current);
+    let r = c
+        .put(format!("{base}/v1/consumers/audit/checkpoint"))
+        .json(&serde_json::json!({"lsn": 1, "force": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .delete(format!("{base}/v1/consumers/audit"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(sink_cp(), current, "an API consumer call moved the sink");
+    // An unknown sink is a 404 that names the configured ones.
+    let r = c
+        .put(format!("{base}/v1/sinks/nope/checkpoint"))
+        .json(&serde_json::json!({"lsn": 1, "force": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("audit"));
+    // An operator's rewind takes effect: the sink delivers again from there
+    // (lsn 2 = the first insert) and its own progress never overwrites it.
+    let r = c
+        .put(format!("{base}/v1/sinks/audit/checkpoint"))
+        .json(&serde_json::json!({"lsn": 2, "force": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let deadline = Instant::now() + WAIT;
+    let lines = loop {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.len() >= 11 && sink_cp() == current {
+            break lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after a rewind to lsn 2 the sink delivered {} lines, checkpoint {}",
+            lines.len(),
+            sink_cp()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // lsn 3.. again: the 2nd to 5th inserts and the update.
+    assert_eq!(lines.len(), 11, "{lines:?}");
+    assert_eq!(
+        lines[6..],
+        lines[1..6],
+        "the rewind redelivered lsn 3 onwards"
+    );
+    running.shutdown();
+    running.wait().await.unwrap();
+}
+
+/// Issue 8.9 through the server: with only `max_bytes` set, the cap holds
+/// while data arrives — enforced at each segment seal, not only by the
+/// retention task (which runs once at start, then every 30 s: the whole
+/// load here fits between two of its runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_bytes_holds_while_the_log_grows() {
+    let pg = cluster(SCHEMA).await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_with(&pg, dir.path(), "max_bytes = \"64KiB\"", "").await;
+    let log = running.log.clone();
+    // The retention task's first run (at start) is behind us.
+    let deadline = Instant::now() + WAIT;
+    while log.retention_runs() == 0 {
+        assert!(Instant::now() < deadline, "retention never ran at start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let runs = log.retention_runs();
+    let cap = 64 * 1024;
+    let mut committed = log.subscribe();
+    let mut peak = 0;
+    for i in 0..40 {
+        pg.execute(
+            "shop",
+            &format!(
+                "INSERT INTO bank.holding SELECT g, repeat('m', 300) FROM generate_series({}, {}) g",
+                i * 10 + 1,
+                i * 10 + 10
+            ),
+        )
+        .await
+        .unwrap();
+        // schema_change, then 10 rows per transaction.
+        let target = 1 + (i as u64 + 1) * 10;
+        while log.committed_lsn() < target {
+            tokio::time::timeout(WAIT, committed.changed())
+                .await
+                .expect("capture went on")
+                .unwrap();
+        }
+        peak = peak.max(log.disk_usage_bytes());
+    }
+    assert_eq!(
+        log.retention_runs(),
+        runs,
+        "the retention task ran meanwhile; this test must see the seal-time cap alone"
+    );
+    assert!(log.oldest_lsn() > 1, "nothing was trimmed");
+    // Over the cap by at most the active segment (4 KiB) and one record.
+    assert!(
+        peak <= cap + 4096 + 1024,
+        "the log reached {peak} bytes with max_bytes = {cap}"
     );
     running.shutdown();
     running.wait().await.unwrap();
