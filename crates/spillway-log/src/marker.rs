@@ -70,7 +70,7 @@ pub(crate) fn read_marker(dir: &Path, name: &str, magic: &[u8; 8]) -> Option<Vec
         warn!(file = %path.display(), "change log: damaged marker file ignored");
         return None;
     }
-    Some(body[8..].to_vec())
+    body.get(8..).map(<[u8]>::to_vec)
 }
 
 fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
@@ -213,8 +213,9 @@ pub(crate) fn begin_epoch(
 #[allow(clippy::result_unit_err)]
 pub fn start_in_epochs(epochs: &[Epoch], epoch_id: u64, lsn: u64) -> Result<u64, ()> {
     let i = epochs.iter().position(|e| e.id == epoch_id).ok_or(())?;
-    Ok(epochs[i + 1..]
+    Ok(epochs
         .iter()
+        .skip(i + 1)
         .map(|e| e.first_lsn)
         .filter(|&s| s < lsn)
         .min()

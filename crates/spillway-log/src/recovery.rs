@@ -104,7 +104,9 @@ pub(crate) fn recover(opts: &LogOptions) -> Result<Recovered, LogError> {
             ),
             Some((base, SEGMENT_EXT)) => bases.push(base),
             Some((base, INDEX_EXT)) => idx_bases.push(base),
-            Some((_, TMP_EXT)) => {
+            // Half-written files of an atomic write (an index, a marker, the
+            // kept bytes of a torn tail) that a crash left behind.
+            _ if name.ends_with(&format!(".{TMP_EXT}")) => {
                 remove_if_exists(&entry.path())?;
             }
             _ => {}

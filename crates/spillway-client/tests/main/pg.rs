@@ -594,3 +594,65 @@ mod api {
         running.wait().await.unwrap();
     }
 }
+
+/// Issue 8.3 in the client: a `from_timestamp` start inside a trimmed range
+/// is told with `RequeryRequired` (it used to start silently at the oldest
+/// retained event), then the stream goes on from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_timestamp_inside_the_trimmed_range_is_a_requery() {
+    let pg = cluster(ITEMS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(
+        &pg,
+        dir.path(),
+        Opts {
+            segment_bytes: Some("4KiB"),
+            ..Opts::default()
+        },
+    )
+    .await;
+    for i in 0..10 {
+        sql(
+            &pg,
+            &format!(
+                "INSERT INTO items SELECT g, repeat('x', 200) FROM generate_series({}, {}) g",
+                i * 20 + 1,
+                i * 20 + 20
+            ),
+        )
+        .await;
+    }
+    let c = client(&running);
+    let mut all = c.stream_changes().from_beginning().await.unwrap();
+    let items = take_changes(&mut all, 200).await;
+    drop(all);
+    // The commit time of an event that the trim below deletes.
+    let early = changes(&items)
+        .into_iter()
+        .find(|e| e.lsn == 20)
+        .map(|e| e.timestamp)
+        .unwrap();
+    let report = running.log.trim_before(100).unwrap();
+    assert!(report.segments_deleted > 0);
+    let oldest = running.log.oldest_lsn();
+    assert!(oldest > 20, "lsn 20 was trimmed");
+
+    let mut s = c
+        .stream_changes()
+        .from_timestamp(spillway_client::Timestamp::from_micros(early))
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(WAIT, s.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match first {
+        StreamItem::RequeryRequired { oldest_lsn, .. } => assert_eq!(oldest_lsn, oldest),
+        other => panic!("a start inside the trimmed range was not told: {other:?}"),
+    }
+    let next = take_changes(&mut s, 1).await;
+    assert_eq!(lsns(&next).first().copied(), Some(oldest));
+    running.shutdown();
+    running.wait().await.unwrap();
+}

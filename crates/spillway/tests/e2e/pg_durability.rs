@@ -833,7 +833,7 @@ async fn a_log_write_error_stops_run_with_one_line_and_loses_nothing() {
     let rows = pg
         .execute(
             "shop",
-            &format!("SELECT confirmed_flush_lsn <= '{}'::pg_lsn FROM pg_replication_slots WHERE slot_name = 'spillway'", format!("{:X}/{:X}", held >> 32, held & 0xffff_ffff)),
+            &format!("SELECT confirmed_flush_lsn <= '{:X}/{:X}'::pg_lsn FROM pg_replication_slots WHERE slot_name = 'spillway'", held >> 32, held & 0xffff_ffff),
         )
         .await
         .unwrap();
