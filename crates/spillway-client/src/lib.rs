@@ -91,6 +91,11 @@
 //!   (`current_lsn + 1` from `GET /v1/status`) when the stream opens, so a reconnect
 //!   cannot skip what was committed meanwhile. After a
 //!   [`StreamItem::RequeryRequired`] the resume position is its `oldest_lsn`.
+//!   Every resume also sends the server's *log epoch* the position belongs to, so a
+//!   log that handed those lsns out again (repaired, or restored from a backup) moves
+//!   the stream back with a `RequeryRequired` instead of letting it skip. Across a
+//!   restart of the consumer process, store [`ChangeStream::log_epoch`] next to the
+//!   checkpoint and pass it to [`ChangeStreamBuilder::log_epoch`].
 //! - **What is not retried**: opening the stream (the first request fails fast, so a
 //!   wrong address or parameter shows at once), and answers that no retry can fix: 400
 //!   (bad parameter), 401 ([`Error::Unauthorized`]), 404. These are returned from

@@ -144,6 +144,7 @@ pub struct ChangeStreamBuilder {
     start: Start,
     opts: Options,
     error: Option<Error>,
+    epoch: Option<String>,
 }
 
 impl ChangeStreamBuilder {
@@ -151,6 +152,7 @@ impl ChangeStreamBuilder {
         ChangeStreamBuilder {
             client,
             start: Start::Now,
+            epoch: None,
             opts: Options {
                 entities: Vec::new(),
                 exclude_entities: Vec::new(),
@@ -181,6 +183,22 @@ impl ChangeStreamBuilder {
             );
         }
         self.start = Start::Lsn(lsn);
+        self
+    }
+
+    /// The log epoch a [`from_lsn`](Self::from_lsn) / [`after_lsn`](Self::after_lsn)
+    /// position belongs to, as [`ChangeStream::log_epoch`] reported it when the
+    /// position was stored. When the server's log has handed those lsns out again
+    /// since (a repair or a restored backup), the stream then starts where that
+    /// happened, after a [`StreamItem::RequeryRequired`], instead of skipping.
+    pub fn log_epoch(mut self, epoch: impl Into<String>) -> Self {
+        let epoch = epoch.into();
+        if epoch.is_empty() || epoch.len() > 16 || !epoch.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return self.fail(format!(
+                "log_epoch({epoch:?}): an epoch is the 16 hex digits ChangeStream::log_epoch gave"
+            ));
+        }
+        self.epoch = Some(epoch);
         self
     }
 
@@ -320,6 +338,12 @@ impl ChangeStreamBuilder {
         if let Some(e) = self.error {
             return Err(e);
         }
+        if self.epoch.is_some() && !matches!(self.start, Start::Lsn(_)) {
+            return Err(Error::InvalidArgument(
+                "log_epoch() goes with from_lsn() or after_lsn(): it says which epoch that lsn belongs to"
+                    .into(),
+            ));
+        }
         let start = match self.start {
             // Pin "now" to a position so that a reconnect before the first event neither
             // misses what was committed meanwhile nor depends on when it happens.
@@ -332,7 +356,7 @@ impl ChangeStreamBuilder {
             backoff: self.opts.backoff_initial,
             opts: self.opts,
             resume_at: None,
-            epoch: None,
+            epoch: self.epoch,
             last_received: None,
             last_delivered: None,
             conn: None,
@@ -549,6 +573,13 @@ impl ChangeStream {
         self.last_delivered
     }
 
+    /// The server's log epoch the stream's position belongs to (`None` before the
+    /// first line, or from a server without epochs). Store it with a checkpoint and
+    /// pass it back with [`ChangeStreamBuilder::log_epoch`].
+    pub fn log_epoch(&self) -> Option<&str> {
+        self.epoch.as_deref()
+    }
+
     /// How many times the stream has reconnected.
     pub fn reconnects(&self) -> u64 {
         self.reconnects
@@ -572,7 +603,13 @@ impl ChangeStream {
                     }
                     &mut q
                 }
-                (None, &Start::Lsn(lsn)) => q.append_pair("from_lsn", &lsn.to_string()),
+                (None, &Start::Lsn(lsn)) => {
+                    q.append_pair("from_lsn", &lsn.to_string());
+                    if let Some(epoch) = &self.epoch {
+                        q.append_pair("epoch", epoch);
+                    }
+                    &mut q
+                }
                 (None, Start::Timestamp(us)) => q.append_pair("from_timestamp", &us.to_string()),
                 (None, Start::Beginning) => q.append_pair("from", "beginning"),
                 (None, Start::Now) => q.append_pair("from", "now"),

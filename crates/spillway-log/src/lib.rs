@@ -514,10 +514,8 @@ pub(crate) struct Shared {
     pub(crate) checkpoints: CheckpointStore,
     /// The log's epochs, oldest first (see [`marker`]); never empty.
     pub(crate) epochs: Mutex<Vec<Epoch>>,
-    /// The stored idle-confirm position (see [`marker`]); 0 when none.
-    pub(crate) idle_confirmed: AtomicU64,
-    /// The directory held records but no epochs file at open.
-    predates_epochs: bool,
+    /// The stored idle-confirm position (see [`marker`]).
+    pub(crate) idle_confirmed: Mutex<marker::IdleConfirmed>,
     /// The directory lock; dropped last (field order), once the writer, the
     /// readers and every `ChangeLog` clone are gone.
     _dir_lock: Arc<DirLock>,
@@ -738,8 +736,7 @@ impl ChangeLog {
             "change log opened"
         );
         let oldest = rec.segments.first().map_or(1, |s| s.base_lsn);
-        let predates_epochs = rec.committed_lsn > 0 && marker::read_epochs(&opts.dir).is_none();
-        let epochs = marker::load_or_create_epochs(&opts.dir, oldest)?;
+        let epochs = marker::load_or_create_epochs(&opts.dir, oldest, rec.committed_lsn)?;
         let idle_confirmed = marker::read_idle_confirmed(&opts.dir);
         let (committed_tx, _) = watch::channel(rec.committed_lsn);
         let shared = Arc::new(Shared {
@@ -756,8 +753,7 @@ impl ChangeLog {
             trim_lock: Mutex::new(()),
             checkpoints,
             epochs: Mutex::new(epochs),
-            idle_confirmed: AtomicU64::new(idle_confirmed),
-            predates_epochs,
+            idle_confirmed: Mutex::new(idle_confirmed),
             _dir_lock: dir_lock,
         });
         let writer = LogWriter::spawn(
@@ -803,20 +799,37 @@ impl ChangeLog {
         })
     }
 
-    /// The directory held committed records but no epochs file when it was
-    /// opened: written by a build from before epochs and the idle-confirm
-    /// marker (or its epochs file was damaged).
+    /// The directory was written by a build from before epochs and the
+    /// idle-confirm marker, and no capture start has taken the slot's
+    /// position over since (see [`ChangeLog::trusted_slot_once`]).
     pub fn predates_epochs(&self) -> bool {
-        self.shared.predates_epochs
+        marker::trust_slot_once(&self.shared.opts.dir)
+    }
+
+    /// Records that the slot's position of a log from an earlier build was
+    /// taken over (stored with [`ChangeLog::record_idle_confirmed`] first):
+    /// from now on a slot ahead of the log is a gap.
+    pub fn trusted_slot_once(&self) -> Result<(), LogError> {
+        marker::remove_trust_slot_once(&self.shared.opts.dir)
     }
 
     /// The highest source position stored by [`record_idle_confirmed`]
     /// (0: none): the source may have been confirmed up to it although the
     /// log's last commit ends before it.
     ///
+    /// It counts only while the log still reaches the committed lsn it had
+    /// when the position was stored: a cut below that (repair, or recovery
+    /// cutting a damaged last record) voids it, so that the slot being ahead
+    /// is taken for the gap it is.
+    ///
     /// [`record_idle_confirmed`]: ChangeLog::record_idle_confirmed
     pub fn idle_confirmed(&self) -> u64 {
-        self.shared.idle_confirmed.load(Ordering::Acquire)
+        let idle = *lock(&self.shared.idle_confirmed);
+        if self.committed_lsn() >= idle.committed_lsn {
+            idle.pg_lsn
+        } else {
+            0
+        }
     }
 
     /// Durably stores that the source is about to be confirmed up to
@@ -825,13 +838,22 @@ impl ChangeLog {
     /// next start, a slot confirmed beyond both this and the log's last
     /// commit is taken for a gap in the log. Blocking (fsync).
     pub fn record_idle_confirmed(&self, pg_lsn: u64) -> Result<(), LogError> {
-        if pg_lsn <= self.idle_confirmed() {
+        let mut idle = lock(&self.shared.idle_confirmed);
+        let committed_lsn = self.committed_lsn();
+        let valid = if committed_lsn >= idle.committed_lsn {
+            idle.pg_lsn
+        } else {
+            0
+        };
+        if pg_lsn <= valid {
             return Ok(());
         }
-        marker::write_idle_confirmed(&self.shared.opts.dir, pg_lsn)?;
-        self.shared
-            .idle_confirmed
-            .fetch_max(pg_lsn, Ordering::AcqRel);
+        let next = marker::IdleConfirmed {
+            pg_lsn,
+            committed_lsn,
+        };
+        marker::write_idle_confirmed(&self.shared.opts.dir, next)?;
+        *idle = next;
         Ok(())
     }
 

@@ -11,12 +11,18 @@
 //! * `durable-end`, `trimmed` — see [`crate::recovery`].
 //! * `idle-confirmed` — the highest source position the capture loop may
 //!   have confirmed to PostgreSQL *beyond* the last commit the log holds (a
-//!   keepalive's `wal_end` while only uncaptured tables changed). It is
-//!   written before such a confirmation is sent. At start, a slot confirmed
-//!   beyond both the log's last commit and this position means the log lacks
-//!   confirmed transactions (a repaired or restored directory, or another
-//!   reader of the slot): see [`crate::LogWriter::append_gap`]. `repair`
-//!   deletes it.
+//!   keepalive's `wal_end` while only uncaptured tables changed), with the
+//!   log's committed lsn when it was stored. It is written before such a
+//!   confirmation is sent, and counts only while the log still reaches that
+//!   committed lsn (a cut below it, even one recovery made, voids it). At
+//!   start, a slot confirmed beyond both the log's last commit and this
+//!   position means the log lacks confirmed transactions (a repaired or
+//!   restored directory, or another reader of the slot): the capture loop
+//!   writes a gap record. `repair` deletes it before it cuts.
+//! * `trust-slot-once` — written when a directory with records but without
+//!   an `epochs` file (a build from before epochs) is opened: the next
+//!   capture start takes the slot's position for idle progress once (that
+//!   build confirmed idle positions without storing them) and deletes it.
 //! * `epochs` — the log's epochs: a new epoch begins where lsns may mean
 //!   something else than they meant before (after a repair cut, or at a gap
 //!   record). A client that says which epoch its position belongs to is
@@ -83,23 +89,62 @@ fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
 pub(crate) const IDLE_CONFIRMED_FILE: &str = "idle-confirmed";
 const IDLE_CONFIRMED_MAGIC: [u8; 8] = *b"SPWLIDL\0";
 
+/// An idle-confirm position and the log's committed lsn when it was stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct IdleConfirmed {
+    pub(crate) pg_lsn: u64,
+    pub(crate) committed_lsn: u64,
+}
+
 /// Persists the idle-confirm position (see the module doc).
-pub(crate) fn write_idle_confirmed(dir: &Path, pg_lsn: u64) -> Result<(), LogError> {
+pub(crate) fn write_idle_confirmed(dir: &Path, idle: IdleConfirmed) -> Result<(), LogError> {
+    let mut p = Vec::with_capacity(16);
+    p.extend_from_slice(&idle.pg_lsn.to_le_bytes());
+    p.extend_from_slice(&idle.committed_lsn.to_le_bytes());
     write_marker(
         dir,
         IDLE_CONFIRMED_FILE,
         &IDLE_CONFIRMED_MAGIC,
-        &pg_lsn.to_le_bytes(),
+        &p,
         "write idle-confirmed marker",
     )
 }
 
-/// The stored idle-confirm position; 0 when none (or damaged: then a slot
-/// ahead of the log counts as a gap, the cautious reading).
-pub(crate) fn read_idle_confirmed(dir: &Path) -> u64 {
+/// The stored idle-confirm position; none when missing (or damaged: then a
+/// slot ahead of the log counts as a gap, the cautious reading).
+pub(crate) fn read_idle_confirmed(dir: &Path) -> IdleConfirmed {
     read_marker(dir, IDLE_CONFIRMED_FILE, &IDLE_CONFIRMED_MAGIC)
-        .and_then(|p| u64_at(&p, 0))
-        .unwrap_or(0)
+        .and_then(|p| {
+            Some(IdleConfirmed {
+                pg_lsn: u64_at(&p, 0)?,
+                committed_lsn: u64_at(&p, 8)?,
+            })
+        })
+        .unwrap_or_default()
+}
+
+pub(crate) const TRUST_SLOT_ONCE_FILE: &str = "trust-slot-once";
+const TRUST_SLOT_ONCE_MAGIC: [u8; 8] = *b"SPWLTSO\0";
+
+pub(crate) fn write_trust_slot_once(dir: &Path) -> Result<(), LogError> {
+    write_marker(
+        dir,
+        TRUST_SLOT_ONCE_FILE,
+        &TRUST_SLOT_ONCE_MAGIC,
+        &[],
+        "write trust-slot-once marker",
+    )
+}
+
+pub(crate) fn trust_slot_once(dir: &Path) -> bool {
+    read_marker(dir, TRUST_SLOT_ONCE_FILE, &TRUST_SLOT_ONCE_MAGIC).is_some()
+}
+
+pub(crate) fn remove_trust_slot_once(dir: &Path) -> Result<(), LogError> {
+    if remove_if_exists(&dir.join(TRUST_SLOT_ONCE_FILE))? {
+        sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 /// Deletes the idle-confirm position (repair: the log's end moved back).
@@ -172,10 +217,23 @@ pub(crate) fn write_epochs(dir: &Path, epochs: &[Epoch]) -> Result<(), LogError>
 /// The epochs of `dir`, creating the file when missing: a log without one
 /// (new, or from an earlier build, or with a damaged file) gets a fresh
 /// epoch from its oldest lsn on, so positions clients hold from before are
-/// unknown to it and answered with `requery_required`, never trusted.
-pub(crate) fn load_or_create_epochs(dir: &Path, oldest_lsn: u64) -> Result<Vec<Epoch>, LogError> {
+/// unknown to it and answered with `requery_required`, never trusted. A
+/// directory with records (`committed_lsn > 0`) whose file is *absent* (not
+/// damaged) and that has no idle-confirm marker either was written by a
+/// build from before epochs: it gets the `trust-slot-once` marker.
+pub(crate) fn load_or_create_epochs(
+    dir: &Path,
+    oldest_lsn: u64,
+    committed_lsn: u64,
+) -> Result<Vec<Epoch>, LogError> {
     if let Some(e) = read_epochs(dir) {
         return Ok(e);
+    }
+    if committed_lsn > 0
+        && !dir.join(EPOCHS_FILE).exists()
+        && !dir.join(IDLE_CONFIRMED_FILE).exists()
+    {
+        write_trust_slot_once(dir)?;
     }
     let epochs = vec![Epoch {
         id: new_epoch_id(),
@@ -229,16 +287,20 @@ mod tests {
     #[test]
     fn markers_round_trip_and_damage_reads_as_absent() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(read_idle_confirmed(dir.path()), 0);
-        write_idle_confirmed(dir.path(), 0x1234_5678).unwrap();
-        assert_eq!(read_idle_confirmed(dir.path()), 0x1234_5678);
+        assert_eq!(read_idle_confirmed(dir.path()), IdleConfirmed::default());
+        let idle = IdleConfirmed {
+            pg_lsn: 0x1234_5678,
+            committed_lsn: 42,
+        };
+        write_idle_confirmed(dir.path(), idle).unwrap();
+        assert_eq!(read_idle_confirmed(dir.path()), idle);
         let path = dir.path().join(IDLE_CONFIRMED_FILE);
         let mut bytes = fs::read(&path).unwrap();
         bytes[9] ^= 1;
         fs::write(&path, &bytes).unwrap();
         assert_eq!(
             read_idle_confirmed(dir.path()),
-            0,
+            IdleConfirmed::default(),
             "a damaged marker counts as none"
         );
         remove_idle_confirmed(dir.path()).unwrap();
@@ -248,10 +310,10 @@ mod tests {
     #[test]
     fn epochs_persist_and_a_boundary_at_or_below_the_position_wins() {
         let dir = tempfile::tempdir().unwrap();
-        let first = load_or_create_epochs(dir.path(), 1).unwrap();
+        let first = load_or_create_epochs(dir.path(), 1, 0).unwrap();
         assert_eq!(first.len(), 1);
         assert_eq!(
-            load_or_create_epochs(dir.path(), 1).unwrap(),
+            load_or_create_epochs(dir.path(), 1, 0).unwrap(),
             first,
             "read back, not made again"
         );
@@ -282,5 +344,31 @@ mod tests {
         assert_eq!(start_in_epochs(&again, new, 60), Ok(30));
         assert_eq!(start_in_epochs(&again, new, 20), Ok(20));
         assert_eq!(start_in_epochs(&again, again[2].id, 60), Ok(60));
+    }
+}
+
+#[cfg(test)]
+mod upgrade_tests {
+    use super::*;
+
+    #[test]
+    fn only_a_log_from_before_epochs_trusts_the_slot_once() {
+        // Records, no epochs file, no idle marker: an earlier build's log.
+        let dir = tempfile::tempdir().unwrap();
+        load_or_create_epochs(dir.path(), 1, 10).unwrap();
+        assert!(trust_slot_once(dir.path()));
+        remove_trust_slot_once(dir.path()).unwrap();
+        load_or_create_epochs(dir.path(), 1, 10).unwrap();
+        assert!(!trust_slot_once(dir.path()), "once");
+        // A new log trusts nothing.
+        let dir = tempfile::tempdir().unwrap();
+        load_or_create_epochs(dir.path(), 1, 0).unwrap();
+        assert!(!trust_slot_once(dir.path()));
+        // A damaged epochs file is no upgrade: a gap must still be found.
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(EPOCHS_FILE), b"garbage").unwrap();
+        let e = load_or_create_epochs(dir.path(), 1, 10).unwrap();
+        assert_eq!(e.len(), 1);
+        assert!(!trust_slot_once(dir.path()));
     }
 }

@@ -60,9 +60,9 @@ pub fn repair(opts: &LogOptions) -> Result<RepairReport, LogError> {
                     // log's end moved back: an idle-confirm position beyond
                     // it no longer explains a slot ahead of the log.
                     let oldest = rec.segments.first().map_or(1, |s| s.base_lsn);
-                    let epochs = marker::load_or_create_epochs(&opts.dir, oldest)?;
+                    let epochs =
+                        marker::load_or_create_epochs(&opts.dir, oldest, rec.committed_lsn)?;
                     marker::begin_epoch(&opts.dir, epochs, rec.committed_lsn + 1)?;
-                    marker::remove_idle_confirmed(&opts.dir)?;
                 }
                 return Ok(report);
             }
@@ -76,6 +76,21 @@ pub fn repair(opts: &LogOptions) -> Result<RepairReport, LogError> {
                 {
                     // The same damage again: the cut did not take.
                     return Err(LogError::Corrupt { segment, offset });
+                }
+                // Before anything is cut (a crash in the middle must not
+                // leave a cut log that looks whole): the idle-confirm
+                // position no longer explains a slot ahead of the log, and
+                // lsns from the damaged segment's first one on may be handed
+                // out again.
+                marker::remove_idle_confirmed(&opts.dir)?;
+                if let Some(base) = segment
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(crate::segment::parse_file_name)
+                    .map(|(b, _)| b)
+                {
+                    let epochs = marker::load_or_create_epochs(&opts.dir, 1, 0)?;
+                    marker::begin_epoch(&opts.dir, epochs, base)?;
                 }
                 let cut = set_aside(&opts.dir, &segment, offset)?;
                 tracing::warn!(segment = %cut.segment.display(), offset, saved_as = %cut.saved_as.display(),

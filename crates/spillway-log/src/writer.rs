@@ -482,9 +482,11 @@ impl Syncer {
             // Never retry: after a failed fsync the state of the written
             // pages is unknown (the kernel may have marked them clean). The
             // writer cuts the segment back to what is known durable.
+            // Cut first, then poison: nothing (not even an append that
+            // would learn of the failure) gets ahead of the cut.
+            on_failure(self, &job);
             self.shared
                 .poison(&LogError::io("fsync", &job.seg.path, io_clone(&e)));
-            on_failure(self, &job);
             error!(error = %e, segment = %job.seg.path.display(), "change log fsync failed; the log is poisoned until reopened");
             let mut waiters = job.waiters.into_iter();
             if let Some(first) = waiters.next() {

@@ -232,6 +232,41 @@ pub async fn run(
 /// user's that lacks a table is refused) and creates the slot when missing. Runs at start
 /// and before every reconnect. Used by `run` and tests.
 pub async fn prepare(cfg: &CaptureConfig) -> Result<PgConnection, CaptureError> {
+    Ok(prepare_with(cfg).await?.0)
+}
+
+/// [`prepare`] before capture starts, for the log that will hold what it captures:
+/// fails fast on what no retry can fix, and when it creates the slot, stores the
+/// slot's starting position as idle progress (nothing was committed for the slot
+/// before it, so a new log is no gap).
+pub async fn preflight(cfg: &CaptureConfig, log: &ChangeLog) -> Result<(), CaptureError> {
+    let (mut conn, created) = prepare_with(cfg).await?;
+    if created {
+        remember_new_slot(&mut conn, cfg, log).await?;
+    }
+    conn.close().await;
+    Ok(())
+}
+
+async fn remember_new_slot(
+    conn: &mut PgConnection,
+    cfg: &CaptureConfig,
+    log: &ChangeLog,
+) -> Result<(), CaptureError> {
+    let confirmed = bounded(
+        cfg.receive_timeout,
+        "the slot's confirmed_flush_lsn query",
+        catalog::confirmed_flush_lsn(conn, &cfg.slot),
+    )
+    .await?;
+    if let Some(lsn) = confirmed {
+        log.record_idle_confirmed(lsn)?;
+    }
+    Ok(())
+}
+
+/// [`prepare`], also saying whether the slot was created just now.
+pub async fn prepare_with(cfg: &CaptureConfig) -> Result<(PgConnection, bool), CaptureError> {
     let mut catalog_conn = PgConnection::connect(&cfg.connect, false).await?;
     if let Some(f) = catalog::check_wal_level(&mut catalog_conn).await? {
         return Err(CaptureError::Preflight {
@@ -250,10 +285,11 @@ pub async fn prepare(cfg: &CaptureConfig) -> Result<PgConnection, CaptureError> 
     for change in &plan.changes {
         tracing::info!(publication = %cfg.publication, "publication: {change}");
     }
-    if catalog::ensure_slot(&mut catalog_conn, &cfg.slot).await? {
+    let created = catalog::ensure_slot(&mut catalog_conn, &cfg.slot).await?;
+    if created {
         tracing::info!(slot = %cfg.slot, "created replication slot");
     }
-    Ok(catalog_conn)
+    Ok((catalog_conn, created))
 }
 
 struct Pending {
@@ -263,11 +299,11 @@ struct Pending {
 
 /// Bounds one network round of the replication path by `limit` (zero = unbounded): a
 /// connection that stops relaying must not hold the loop in a write or a query.
-async fn bounded<T>(
+async fn bounded<T, E: From<PgError>>(
     limit: Duration,
     what: &str,
-    round: impl std::future::Future<Output = Result<T, PgError>>,
-) -> Result<T, PgError> {
+    round: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
     if limit.is_zero() {
         return round.await;
     }
@@ -276,7 +312,8 @@ async fn bounded<T>(
         Err(_) => Err(connection_lost(format!(
             "{what} did not complete within {} (source.receive_timeout)",
             humanize(limit)
-        ))),
+        ))
+        .into()),
     }
 }
 
@@ -356,10 +393,26 @@ async fn run_once(
     keys_known: &mut HashMap<u32, ()>,
     first_message: &mut Option<Instant>,
 ) -> Result<(), CaptureError> {
-    let mut catalog_conn = prepare(cfg).await?;
-    warn_if_receive_timeout_too_short(&mut catalog_conn, cfg.receive_timeout).await?;
+    let limit = cfg.receive_timeout;
+    let (mut catalog_conn, slot_created) = bounded(
+        limit,
+        "preparing the publication and slot",
+        prepare_with(cfg),
+    )
+    .await?;
+    bounded(
+        limit,
+        "the wal_sender_timeout query",
+        warn_if_receive_timeout_too_short(&mut catalog_conn, limit),
+    )
+    .await?;
+    if slot_created {
+        // A new slot starts where nothing was committed for it yet: that
+        // position is no gap, whatever the log holds.
+        remember_new_slot(&mut catalog_conn, cfg, log).await?;
+    }
     let slot_confirmed = bounded(
-        cfg.receive_timeout,
+        limit,
         "the slot's confirmed_flush_lsn query",
         catalog::confirmed_flush_lsn(&mut catalog_conn, &cfg.slot),
     )
@@ -371,14 +424,18 @@ async fn run_once(
     let resume_after_commit = last.map(|c| c.pg_commit_lsn).unwrap_or(0);
     let start_lsn = last.map(|c| c.pg_end_lsn).unwrap_or(0);
     let repl_conn = PgConnection::connect(&cfg.connect, true).await?;
-    let mut stream = ReplicationStream::start(
-        repl_conn,
-        &StartOptions {
-            slot: cfg.slot.clone(),
-            publications: vec![cfg.publication.clone()],
-            start_lsn,
-            messages: true,
-        },
+    let mut stream = bounded(
+        limit,
+        "START_REPLICATION",
+        ReplicationStream::start(
+            repl_conn,
+            &StartOptions {
+                slot: cfg.slot.clone(),
+                publications: vec![cfg.publication.clone()],
+                start_lsn,
+                messages: true,
+            },
+        ),
     )
     .await?;
     status.streaming.store(true, Ordering::Relaxed);
@@ -404,7 +461,6 @@ async fn run_once(
     // The receive deadline. `last_rx` is when the last message was received and handled
     // (handling may wait on the log writer; that is not the server's silence). One timer,
     // moved lazily, so a busy stream does not re-arm a timer per message.
-    let limit = cfg.receive_timeout;
     let ping_every = ping_interval(limit, cfg.status_interval);
     let mut last_rx = Instant::now();
     let mut last_ping = last_rx;
@@ -534,7 +590,12 @@ async fn run_once(
                                 // fall through to let the encoder close its transaction
                             }
                             PgOutputMessage::Relation(rel) => {
-                                prepare_relation(&mut catalog_conn, encoder, rel.rel_id, keys_known, &message).await?;
+                                bounded(
+                                    limit,
+                                    "the catalog look-up of a relation's types and key",
+                                    prepare_relation(&mut catalog_conn, encoder, rel.rel_id, keys_known, &message),
+                                )
+                                .await?;
                             }
                             _ => {}
                         }
@@ -628,7 +689,9 @@ fn idle_target(
 /// the next lsn, in a new epoch beginning there. Every reader below it meets it before
 /// the first event after the gap; a client of an earlier epoch beyond it is moved back
 /// to it. Its `pg_end_lsn` is `slot_confirmed`, so the next start finds no gap again.
-/// An empty log (nothing ever committed) only warns: there is no reader to tell.
+/// An empty log with an older slot (a deleted log directory, or one cut back to nothing)
+/// gets the record at lsn 1: what the slot was confirmed for is not in it either. A slot
+/// created by this start is stored as idle progress first, so a new log gets none.
 pub async fn mark_gap_if_slot_is_ahead(
     log: &ChangeLog,
     writer: &mut LogWriter,
@@ -649,15 +712,7 @@ pub async fn mark_gap_if_slot_is_ahead(
             "change log from an earlier version: taking the slot's confirmed position beyond the log's last commit for idle progress"
         );
         log.record_idle_confirmed(slot_confirmed)?;
-        return Ok(());
-    }
-    if log.committed_lsn() == 0 {
-        if log_end.max(idle) > 0 || slot_confirmed > 0 {
-            tracing::warn!(
-                slot_confirmed_flush_lsn = %fmt(slot_confirmed),
-                "the replication slot was confirmed before this change log began; changes committed before that position are not in the log"
-            );
-        }
+        log.trusted_slot_once()?;
         return Ok(());
     }
     writer.flush().await?;

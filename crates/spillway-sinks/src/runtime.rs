@@ -271,6 +271,16 @@ impl SinkStatus {
     pub fn checkpoint_lsn(&self) -> u64 {
         self.checkpoint_lsn.load(Ordering::Acquire)
     }
+    /// Tells the status where the log's head is now (the sink itself only
+    /// looks between batches, so a sink retrying one delivery for minutes
+    /// would report the lag it had when the outage began). Never moves back.
+    pub fn observe_head(&self, committed_lsn: u64, timestamp_us: Option<i64>) {
+        self.committed_lsn
+            .fetch_max(committed_lsn, Ordering::Relaxed);
+        if let Some(ts) = timestamp_us {
+            self.committed_timestamp_us.fetch_max(ts, Ordering::Relaxed);
+        }
+    }
     /// Events committed to the log but not yet past the checkpoint.
     pub fn lag_events(&self) -> u64 {
         self.committed_lsn

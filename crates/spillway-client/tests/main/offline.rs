@@ -970,4 +970,33 @@ async fn resumes_with_the_log_epoch_of_its_position() {
             p("5", Some("00000000000000cc")),
         ]
     );
+    assert_eq!(s.log_epoch(), Some("00000000000000cc"));
+    // A stored position resumes in its epoch from the first request on.
+    let f = fake(|_, _| Reply::StreamEpoch("00000000000000cc", vec![Step::Hang])).await;
+    let _s = f
+        .client()
+        .stream_changes()
+        .after_lsn(41)
+        .log_epoch("00000000000000aa")
+        .backoff(FAST, FAST)
+        .await
+        .unwrap();
+    let r = &f.changes_requests()[0];
+    assert_eq!(r.query("from_lsn").as_deref(), Some("42"));
+    assert_eq!(r.query("epoch").as_deref(), Some("00000000000000aa"));
+    for (builder, what) in [
+        (
+            f.client().stream_changes().after_lsn(1).log_epoch("xyz"),
+            "hex",
+        ),
+        (
+            f.client().stream_changes().from_beginning().log_epoch("aa"),
+            "from_lsn",
+        ),
+    ] {
+        match builder.await {
+            Err(spillway_client::Error::InvalidArgument(m)) => assert!(m.contains(what), "{m}"),
+            other => panic!("{what}: {other:?}"),
+        }
+    }
 }

@@ -170,12 +170,13 @@ async fn set_checkpoint(
     // An API consumer storing a checkpoint has read its stream up to there,
     // so it got the `requery_required` its stream starts with: only now is
     // that pending requery done (a stream cut before the client read the
-    // line sends it again). A sink's own runtime clears its requery.
-    let acknowledges_requery = store_name == name;
+    // line sends it again). An operator moving a sink's checkpoint has
+    // dealt with it (the way out the sink's error names for a format that
+    // cannot carry the requery; it would stop at every start otherwise).
     let result = tokio::task::spawn_blocking(move || {
         let cps = log.checkpoints();
         let cp = cps.set(&store_name, b.lsn, b.force)?;
-        if acknowledges_requery && cps.pending_requery(&store_name)?.is_some() {
+        if cps.pending_requery(&store_name)?.is_some() {
             cps.clear_requery(&store_name)?;
         }
         Ok::<_, LogError>(cp)
@@ -199,6 +200,68 @@ async fn set_checkpoint(
 mod tests {
     use super::*;
     use spillway_log::{AppendRecord, LogOptions};
+
+    /// Review of issue 8: a sink reset with a pending requery that its
+    /// format cannot carry stops at every start; the operator's PUT (the
+    /// way out its error names) must clear the pending requery.
+    #[tokio::test]
+    async fn an_operators_sink_checkpoint_acknowledges_its_pending_requery() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, mut w) = ChangeLog::open(LogOptions::new(dir.path())).unwrap();
+        for lsn in 1..=10u64 {
+            w.append(AppendRecord {
+                lsn,
+                timestamp_us: lsn as i64,
+                tx_end: true,
+                pg_commit_lsn: lsn,
+                pg_end_lsn: lsn,
+                payload: b"{}".to_vec(),
+            })
+            .await
+            .unwrap();
+        }
+        w.flush().await.unwrap();
+        let cp_name = spillway_sinks::checkpoint_name("hook");
+        log.checkpoints().set(&cp_name, 10, false).unwrap();
+        log.checkpoints().reset_ahead(5).unwrap();
+        assert!(log
+            .checkpoints()
+            .pending_requery(&cp_name)
+            .unwrap()
+            .is_some());
+        let (_tx, shutdown) = tokio::sync::watch::channel(false);
+        let state = ApiState {
+            log: log.clone(),
+            source: Default::default(),
+            slot: "s".into(),
+            publication: "p".into(),
+            database: "d".into(),
+            retention: None,
+            token: None,
+            sinks: vec![super::super::SinkInfo {
+                name: "hook".into(),
+                kind: "webhook",
+                status: Default::default(),
+            }],
+            shutdown,
+        };
+        put_sink_checkpoint(
+            State(state),
+            Path("hook".to_string()),
+            axum::body::Bytes::from_static(br#"{"lsn": 6, "force": true}"#),
+        )
+        .await
+        .unwrap();
+        assert_eq!(log.checkpoints().get(&cp_name).unwrap().unwrap().lsn, 6);
+        assert!(
+            log.checkpoints()
+                .pending_requery(&cp_name)
+                .unwrap()
+                .is_none(),
+            "the operator's checkpoint left the sink's requery pending"
+        );
+        w.close().await.unwrap();
+    }
 
     /// A consumer whose next event was trimmed away is not "caught up":
     /// its lag in seconds is at least the age of the oldest event kept.

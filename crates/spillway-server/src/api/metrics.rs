@@ -116,7 +116,13 @@ pub fn render(state: &ApiState) -> Result<String, spillway_log::LogError> {
     let sinks: Vec<(String, spillway_sinks::SinkStatusSnapshot)> = state
         .sinks
         .iter()
-        .map(|s| (label_value(&s.name), s.status.snapshot()))
+        .map(|s| {
+            s.status.observe_head(
+                log.committed_lsn(),
+                log.last_commit().map(|c| c.timestamp_us),
+            );
+            (label_value(&s.name), s.status.snapshot())
+        })
         .collect();
     for (name, kind, help, value) in [
         (

@@ -178,6 +178,7 @@ pub fn status_json(state: &ApiState) -> serde_json::Value {
             "last_error": s.last_error.lock().map(|e| e.clone()).unwrap_or(None),
         },
         "sinks": state.sinks.iter().map(|s| {
+            s.status.observe_head(state.log.committed_lsn(), state.log.last_commit().map(|c| c.timestamp_us));
             let snap = s.status.snapshot();
             json!({
                 "name": s.name,

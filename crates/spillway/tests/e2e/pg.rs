@@ -1368,3 +1368,66 @@ async fn a_publication_made_by_the_user_is_honoured() {
     running.shutdown();
     running.wait().await.unwrap();
 }
+
+/// Review of issue 8: the idle position is stored before it is confirmed on
+/// the hot path, not only at a clean shutdown. Killed with SIGKILL after
+/// the slot was confirmed past the log's last commit (only uncaptured
+/// changes), a restart writes no gap record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_progress_survives_a_kill_without_a_gap_record() {
+    let pg = cluster("CREATE TABLE public.a (id int PRIMARY KEY); CREATE TABLE public.b (id int PRIMARY KEY, pad text);").await;
+    let work = tempfile::tempdir().unwrap();
+    let log_dir = work.path().join("log");
+    let config_path = work.path().join("spillway.toml");
+    std::fs::write(
+        &config_path,
+        config_text(&pg, &log_dir, "tables = [\"public.a\"]"),
+    )
+    .unwrap();
+    let p = Proc::start(&config_path, work.path());
+    // The slot exists once the stream runs; then one captured row.
+    let deadline = Instant::now() + WAIT;
+    while row_count(
+        &pg,
+        "pg_replication_slots WHERE slot_name = 'spillway' AND active",
+    )
+    .await
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "spillway never streamed: {}",
+            p.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pg.execute("shop", "INSERT INTO a VALUES (1)")
+        .await
+        .unwrap();
+    wait_confirmed_caught_up(&pg).await;
+    // Only uncaptured changes from here; the slot is confirmed past them.
+    pg.execute(
+        "shop",
+        "INSERT INTO b SELECT g, repeat('x', 200) FROM generate_series(1, 2000) g",
+    )
+    .await
+    .unwrap();
+    wait_confirmed_caught_up(&pg).await;
+    p.kill9();
+    let running = start(&pg, &log_dir, "tables = [\"public.a\"]").await;
+    pg.execute("shop", "INSERT INTO a VALUES (2)")
+        .await
+        .unwrap();
+    let events = read_until(&running.log, 1, count_changes(2)).await;
+    let gaps: Vec<_> = events
+        .iter()
+        .filter(|e| e["type"] == "requery_required")
+        .collect();
+    assert!(
+        gaps.is_empty(),
+        "idle progress was taken for a gap: {gaps:?}"
+    );
+    assert_eq!(ids_of(&events, "a"), vec![1, 2]);
+    running.shutdown();
+    running.wait().await.unwrap();
+}

@@ -645,9 +645,12 @@ async fn webhook_down_for_a_long_stretch_catches_up_while_capture_never_waits() 
             current > last_current,
             "the log grows during the outage: {s}"
         );
+        // The whole log is behind the sink (it delivered nothing), also while
+        // it sits in one delivery's retries (`current_lsn` is read first, so
+        // a commit in between can only make the lag larger).
         assert!(
-            sink["lag_events"].as_u64().unwrap() > 0,
-            "the sink's lag shows the outage: {sink}"
+            sink["lag_events"].as_u64().unwrap() >= current - sink["checkpoint"].as_u64().unwrap(),
+            "the sink's lag follows the log during the outage: {s}"
         );
         last_current = current;
         samples += 1;
