@@ -357,6 +357,7 @@ impl ChangeStreamBuilder {
             opts: self.opts,
             resume_at: None,
             epoch: self.epoch,
+            epoch_start: None,
             last_received: None,
             last_delivered: None,
             conn: None,
@@ -429,15 +430,19 @@ async fn open(client: &Client, url: Url, idle: Duration) -> Result<Conn> {
             )));
         }
     }
-    let epoch = resp
-        .headers()
-        .get("spillway-log-epoch")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let epoch = header("spillway-log-epoch");
+    let epoch_start = header("spillway-log-epoch-start").and_then(|v| v.parse().ok());
     Ok(Conn {
         body: Box::pin(resp.bytes_stream()),
         buf: Vec::new(),
         epoch,
+        epoch_start,
     })
 }
 
@@ -451,6 +456,8 @@ struct Conn {
     /// The server's log epoch when this response began (`Spillway-Log-Epoch`); taken
     /// over by the stream with the first line (see `ChangeStream::line`).
     epoch: Option<String>,
+    /// That epoch's first lsn (`Spillway-Log-Epoch-Start`).
+    epoch_start: Option<u64>,
 }
 
 /// What the stream has ready for the caller, in order.
@@ -478,6 +485,8 @@ pub struct ChangeStream {
     /// The log epoch `resume_at` belongs to (sent as `epoch=`, so a log that handed
     /// those lsns out again moves the stream back instead of skipping).
     epoch: Option<String>,
+    /// The first lsn of `epoch`, when known.
+    epoch_start: Option<u64>,
     /// The lsn of the last event received (delivered or queued).
     last_received: Option<u64>,
     /// The lsn of the last event handed to the caller.
@@ -728,8 +737,11 @@ impl ChangeStream {
         // from its first line on: when the server moved our position back (the
         // log handed our lsns out again), that line is the requery saying so, and
         // a connection lost before it must ask again with the old epoch.
-        if let Some(epoch) = self.conn.as_mut().and_then(|c| c.epoch.take()) {
-            self.epoch = Some(epoch);
+        if let Some(conn) = self.conn.as_mut() {
+            if let Some(epoch) = conn.epoch.take() {
+                self.epoch = Some(epoch);
+                self.epoch_start = conn.epoch_start;
+            }
         }
         let item = match Event::parse(line) {
             Err(e) => {
@@ -744,10 +756,14 @@ impl ChangeStream {
                 log_epoch,
                 ..
             }) => {
-                // A gap the log itself records begins a new epoch: positions
-                // from here on belong to it.
+                // A gap the log itself records (at `requested_lsn`) begins an
+                // epoch: positions from here on belong to it — unless it is an
+                // old one, before the epoch this connection is in.
                 if let Some(e) = log_epoch {
-                    self.epoch = Some(e);
+                    if self.epoch_start.is_none_or(|start| requested_lsn >= start) {
+                        self.epoch = Some(e);
+                        self.epoch_start = Some(requested_lsn);
+                    }
                 }
                 self.flush_pending();
                 self.queue.push_back(Entry::Batch(VecDeque::from([

@@ -83,6 +83,7 @@ pub fn repair(opts: &LogOptions) -> Result<RepairReport, LogError> {
                 // lsns from the damaged segment's first one on may be handed
                 // out again.
                 marker::remove_idle_confirmed(&opts.dir)?;
+                marker::remove_trust_slot_once(&opts.dir)?;
                 if let Some(base) = segment
                     .file_name()
                     .and_then(|n| n.to_str())

@@ -235,36 +235,6 @@ pub async fn prepare(cfg: &CaptureConfig) -> Result<PgConnection, CaptureError> 
     Ok(prepare_with(cfg).await?.0)
 }
 
-/// [`prepare`] before capture starts, for the log that will hold what it captures:
-/// fails fast on what no retry can fix, and when it creates the slot, stores the
-/// slot's starting position as idle progress (nothing was committed for the slot
-/// before it, so a new log is no gap).
-pub async fn preflight(cfg: &CaptureConfig, log: &ChangeLog) -> Result<(), CaptureError> {
-    let (mut conn, created) = prepare_with(cfg).await?;
-    if created {
-        remember_new_slot(&mut conn, cfg, log).await?;
-    }
-    conn.close().await;
-    Ok(())
-}
-
-async fn remember_new_slot(
-    conn: &mut PgConnection,
-    cfg: &CaptureConfig,
-    log: &ChangeLog,
-) -> Result<(), CaptureError> {
-    let confirmed = bounded(
-        cfg.receive_timeout,
-        "the slot's confirmed_flush_lsn query",
-        catalog::confirmed_flush_lsn(conn, &cfg.slot),
-    )
-    .await?;
-    if let Some(lsn) = confirmed {
-        log.record_idle_confirmed(lsn)?;
-    }
-    Ok(())
-}
-
 /// [`prepare`], also saying whether the slot was created just now.
 pub async fn prepare_with(cfg: &CaptureConfig) -> Result<(PgConnection, bool), CaptureError> {
     let mut catalog_conn = PgConnection::connect(&cfg.connect, false).await?;
@@ -394,23 +364,14 @@ async fn run_once(
     first_message: &mut Option<Instant>,
 ) -> Result<(), CaptureError> {
     let limit = cfg.receive_timeout;
-    let (mut catalog_conn, slot_created) = bounded(
-        limit,
-        "preparing the publication and slot",
-        prepare_with(cfg),
-    )
-    .await?;
+    let mut catalog_conn =
+        bounded(limit, "preparing the publication and slot", prepare(cfg)).await?;
     bounded(
         limit,
         "the wal_sender_timeout query",
         warn_if_receive_timeout_too_short(&mut catalog_conn, limit),
     )
     .await?;
-    if slot_created {
-        // A new slot starts where nothing was committed for it yet: that
-        // position is no gap, whatever the log holds.
-        remember_new_slot(&mut catalog_conn, cfg, log).await?;
-    }
     let slot_confirmed = bounded(
         limit,
         "the slot's confirmed_flush_lsn query",
@@ -689,9 +650,9 @@ fn idle_target(
 /// the next lsn, in a new epoch beginning there. Every reader below it meets it before
 /// the first event after the gap; a client of an earlier epoch beyond it is moved back
 /// to it. Its `pg_end_lsn` is `slot_confirmed`, so the next start finds no gap again.
-/// An empty log with an older slot (a deleted log directory, or one cut back to nothing)
-/// gets the record at lsn 1: what the slot was confirmed for is not in it either. A slot
-/// created by this start is stored as idle progress first, so a new log gets none.
+/// A slot dropped and made again (invalidated by `max_slot_wal_keep_size`, dropped by
+/// hand, lost in a failover) starts beyond the log: a gap too. A log that never held a
+/// commit starts at the slot's position (stored as idle progress) with no record.
 pub async fn mark_gap_if_slot_is_ahead(
     log: &ChangeLog,
     writer: &mut LogWriter,
@@ -699,20 +660,35 @@ pub async fn mark_gap_if_slot_is_ahead(
 ) -> Result<(), CaptureError> {
     let log_end = log.last_commit().map_or(0, |c| c.pg_end_lsn);
     let idle = log.idle_confirmed();
-    if slot_confirmed <= log_end.max(idle) {
-        return Ok(());
-    }
     let fmt = spillway_pgoutput::message::format_pg_lsn;
     if log.predates_epochs() {
         // Written by an earlier build, which confirmed idle positions without
         // storing them: the slot cannot be told from a gap, and an upgrade must not
-        // alarm every consumer. Trusted once; from now on positions are stored.
-        tracing::warn!(
+        // alarm every consumer. Trusted at this first start only, ahead or not;
+        // from now on positions are stored.
+        if slot_confirmed > log_end.max(idle) {
+            tracing::warn!(
+                slot_confirmed_flush_lsn = %fmt(slot_confirmed),
+                "change log from an earlier version: taking the slot's confirmed position beyond the log's last commit for idle progress"
+            );
+            log.record_idle_confirmed(slot_confirmed)?;
+        }
+        log.trusted_slot_once()?;
+        return Ok(());
+    }
+    if slot_confirmed <= log_end.max(idle) {
+        return Ok(());
+    }
+    if log.committed_lsn() == 0 {
+        // Nothing was ever committed to this log: capture starts where the slot
+        // is (a new slot, or one made before the first start). What the slot was
+        // confirmed for earlier — if this is a deleted log directory — cannot be
+        // told from that, hence the note.
+        tracing::info!(
             slot_confirmed_flush_lsn = %fmt(slot_confirmed),
-            "change log from an earlier version: taking the slot's confirmed position beyond the log's last commit for idle progress"
+            "new change log: capture starts at the replication slot's position (if this directory replaced one that held data, consumers must re-snapshot)"
         );
         log.record_idle_confirmed(slot_confirmed)?;
-        log.trusted_slot_once()?;
         return Ok(());
     }
     writer.flush().await?;

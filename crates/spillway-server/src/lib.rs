@@ -211,6 +211,8 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
         status_interval: Duration::from_secs(10),
         receive_timeout: config.source.receive_timeout,
     };
+    // Fail fast on what no retry can fix (unreachable server, wal_level, privileges).
+    capture::prepare(&capture_cfg).await?.close().await;
     let dir = config.log.dir.clone();
     let mut opts = LogOptions::new(dir.clone());
     opts.segment_bytes = config.log.segment_bytes;
@@ -222,9 +224,6 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
             dir: dir.display().to_string(),
             source,
         })?;
-    // Fail fast on what no retry can fix (unreachable server, wal_level,
-    // privileges); a slot created here starts as idle progress of this log.
-    capture::preflight(&capture_cfg, &log).await?;
 
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await

@@ -971,6 +971,45 @@ async fn resumes_with_the_log_epoch_of_its_position() {
         ]
     );
     assert_eq!(s.log_epoch(), Some("00000000000000cc"));
+    // An old gap record (before the epoch the connection is in) does not
+    // change the epoch: positions read on this connection are in the newer one.
+    let f = fake(|n, _| match n {
+        0 => Reply::StreamEpoch(
+            "00000000000000dd\r\nspillway-log-epoch-start: 10",
+            vec![
+                chunk(format!(
+                    "{}\n",
+                    json!({"type": "requery_required", "lsn": 3, "requested_lsn": 3, "oldest_lsn": 4, "reason": "log_gap", "log_epoch": "00000000000000cc", "timestamp": 1})
+                )),
+                chunk(change(4, 4, "insert")),
+                Step::Close,
+            ],
+        ),
+        _ => Reply::StreamEpoch("00000000000000dd", vec![Step::Hang]),
+    })
+    .await;
+    let mut s = f
+        .client()
+        .stream_changes()
+        .from_lsn(3)
+        .backoff(FAST, FAST)
+        .await
+        .unwrap();
+    next(&mut s).await;
+    next(&mut s).await;
+    // Reading on makes the stream reconnect (the fake then holds it open).
+    let reconnected = async {
+        while f.changes_requests().len() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::select! {
+        item = s.next() => panic!("nothing more was sent: {item:?}"),
+        _ = tokio::time::timeout(Duration::from_secs(10), reconnected) => {}
+    }
+    let r = &f.changes_requests()[1];
+    assert_eq!(r.query("from_lsn").as_deref(), Some("5"));
+    assert_eq!(r.query("epoch").as_deref(), Some("00000000000000dd"));
     // A stored position resumes in its epoch from the first request on.
     let f = fake(|_, _| Reply::StreamEpoch("00000000000000cc", vec![Step::Hang])).await;
     let _s = f

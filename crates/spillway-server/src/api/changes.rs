@@ -13,7 +13,7 @@
 //! `Last-Event-ID` resumes right after the last event it saw).
 //!
 //! **Epochs.** Every response names the log's current epoch in the `Spillway-Log-Epoch`
-//! header (16 hex digits); a `requery_required` record the log itself holds (`reason:
+//! header (16 hex digits; its first lsn in `Spillway-Log-Epoch-Start`); a `requery_required` record the log itself holds (`reason:
 //! "log_gap"`) names the epoch that begins with it in `log_epoch`. A client resuming by
 //! lsn sends the epoch its position belongs to (`epoch=`, or `Last-Event-ID: lsn:epoch`):
 //! when a later epoch began at or below that position (a repaired or restored log handed
@@ -425,11 +425,12 @@ pub(crate) async fn changes(
         Format::Ndjson => "application/x-ndjson",
         Format::Sse => "text/event-stream",
     };
-    let epoch = state.log.current_epoch().id_hex();
+    let epoch = state.log.current_epoch();
     tokio::spawn(stream_task(state, from_lsn, pending, params, tx));
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, content_type)
-        .header("spillway-log-epoch", epoch)
+        .header("spillway-log-epoch", epoch.id_hex())
+        .header("spillway-log-epoch-start", epoch.first_lsn)
         .header(header::CACHE_CONTROL, "no-cache")
         .header("x-accel-buffering", "no")
         .body(Body::from_stream(
@@ -548,12 +549,21 @@ async fn stream_task(
     // `log_rewound` (a named consumer's checkpoint was reset for that, or a
     // position of an earlier epoch was moved back to a later epoch's start),
     // or `unknown_log_epoch`.
+    // In SSE it carries the id of the position it moves the stream to, so a
+    // browser reconnecting before the next event does not get it again.
     let requery = |requested: u64, oldest: u64, reason: &str| {
-        control(
+        let mut buf = Vec::new();
+        let epoch = log.current_epoch().id_hex();
+        push_event(
+            &mut buf,
             format,
+            Some((oldest.saturating_sub(1), &epoch)),
             "requery_required",
-            json!({"type": "requery_required", "requested_lsn": requested, "oldest_lsn": oldest, "reason": reason, "timestamp": now_us()}),
-        )
+            json!({"type": "requery_required", "requested_lsn": requested, "oldest_lsn": oldest, "reason": reason, "timestamp": now_us()})
+                .to_string()
+                .as_bytes(),
+        );
+        Bytes::from(buf)
     };
     let mut start = from_lsn;
     if let Some(rq) = pending {

@@ -245,13 +245,14 @@ mod tests {
             }],
             shutdown,
         };
-        put_sink_checkpoint(
+        let answer = put_sink_checkpoint(
             State(state),
             Path("hook".to_string()),
             axum::body::Bytes::from_static(br#"{"lsn": 6, "force": true}"#),
         )
         .await
         .unwrap();
+        assert_eq!(answer.0["checkpoint"], 6);
         assert_eq!(log.checkpoints().get(&cp_name).unwrap().unwrap().lsn, 6);
         assert!(
             log.checkpoints()

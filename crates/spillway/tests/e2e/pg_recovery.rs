@@ -366,3 +366,70 @@ async fn retention_keeps_what_a_never_reached_sink_has_not_delivered() {
     running.shutdown();
     running.wait().await.unwrap();
 }
+
+/// Second review of issue 8: a slot dropped and made again (invalidated by
+/// `max_slot_wal_keep_size`, dropped by hand, lost in a failover) starts
+/// beyond the log; what was committed in between is gone from both, and the
+/// log says so with a `log_gap` record instead of going on silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_slot_is_a_gap_in_the_log() {
+    let pg = cluster(SCHEMA).await;
+    let work = tempfile::tempdir().unwrap();
+    let log_dir = work.path().join("log");
+    let text = config_text(&pg, &log_dir, "");
+    let running = spillway_server::start(Config::from_parts(Some(("test", &text)), &[]).unwrap())
+        .await
+        .unwrap();
+    pg.execute("shop", "INSERT INTO bank.holding VALUES (1, 'a')")
+        .await
+        .unwrap();
+    read_until(&running.log, 1, |ev| {
+        ev.iter().any(|e| e["type"] == "change")
+    })
+    .await;
+    running.shutdown();
+    running.wait().await.unwrap();
+    // The slot goes; a row is committed while there is none.
+    pg.execute("shop", "SELECT pg_drop_replication_slot('spillway')")
+        .await
+        .unwrap();
+    pg.execute("shop", "INSERT INTO bank.holding VALUES (2, 'lost')")
+        .await
+        .unwrap();
+    let running = spillway_server::start(Config::from_parts(Some(("test", &text)), &[]).unwrap())
+        .await
+        .unwrap();
+    pg.execute("shop", "INSERT INTO bank.holding VALUES (3, 'c')")
+        .await
+        .unwrap();
+    let events = read_until(&running.log, 1, |ev| {
+        ev.iter().any(|e| e["new_data"]["id"] == 3)
+    })
+    .await;
+    let kinds: Vec<(String, Option<i64>)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_string(),
+                e["new_data"]["id"].as_i64(),
+            )
+        })
+        .filter(|(t, _)| t != "schema_change")
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("change".to_string(), Some(1)),
+            ("requery_required".to_string(), None),
+            ("change".to_string(), Some(3)),
+        ],
+        "row 2 is in neither the log nor the slot: the gap must be said before row 3"
+    );
+    let gap = events
+        .iter()
+        .find(|e| e["type"] == "requery_required")
+        .unwrap();
+    assert_eq!(gap["reason"], "log_gap", "{gap}");
+    running.shutdown();
+    running.wait().await.unwrap();
+}

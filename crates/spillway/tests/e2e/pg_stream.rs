@@ -484,6 +484,9 @@ async fn server_sent_events_resume_with_last_event_id_and_heartbeats_keep_idle_s
             .header("last-event-id", "2:00000000000000ff"),
     )
     .await;
+    // with the id of where it moves the stream (the log's end), so a browser
+    // reconnecting before the next event is not told again
+    assert_eq!(s.next().await, format!("id: 4:{epoch}"));
     assert_eq!(s.next().await, "event: requery_required");
     let data = s.next().await;
     assert!(data.contains("\"reason\":\"unknown_log_epoch\""), "{data}");
