@@ -356,7 +356,8 @@ pub fn parse_params(
 }
 
 fn parse_epoch(v: &str) -> Option<u64> {
-    if v.is_empty() || v.len() > 16 {
+    // Hex digits only (`from_str_radix` would also take a leading `+`).
+    if v.is_empty() || v.len() > 16 || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     u64::from_str_radix(v, 16).ok()
@@ -799,6 +800,7 @@ mod tests {
             (vec![("epoch", "ab")], "from_lsn"),
             (vec![("from_lsn", "1"), ("epoch", "xyz")], "16 hex digits"),
             (vec![("from_lsn", "1"), ("epoch", "")], "16 hex digits"),
+            (vec![("from_lsn", "1"), ("epoch", "+ab")], "16 hex digits"),
             (
                 vec![("from_lsn", "1"), ("epoch", "00000000000000000ab")],
                 "16 hex digits",
