@@ -8,6 +8,7 @@
 //! # Layout
 //!
 //! - crate root: [`Event`] and its parts, the typed native event.
+//! - [`lsn`]: the `X/Y` text form of PostgreSQL LSNs.
 //! - [`encoding`]: [`Encoder`](encoding::Encoder) turns native event bytes into the
 //!   format a sink writes (`native`, `debezium`, `document`, `flat`); the rules of each
 //!   format and every choice made where the references are silent are in the module
@@ -117,6 +118,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub mod encoding;
+pub mod lsn;
 
 /// What happened to a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -25,54 +25,8 @@ pub fn pg_epoch_to_unix_micros(ts: i64) -> i64 {
     ts.saturating_add(PG_EPOCH_OFFSET_MICROS)
 }
 
-/// Formats an LSN the way PostgreSQL prints `pg_lsn`: upper-case hex of the
-/// high and low 32 bits separated by `/`, without leading zeros
-/// (`0x1_00A2_B3C8` → `"1/A2B3C8"`).
-#[must_use]
-pub fn format_pg_lsn(lsn: u64) -> String {
-    let mut out = Vec::with_capacity(17);
-    write_pg_lsn(&mut out, lsn);
-    // Only ASCII hex digits and '/' were written.
-    String::from_utf8(out).unwrap_or_default()
-}
-
-/// Appends the `X/Y` form of `lsn` (see [`format_pg_lsn`]) to `out`.
-pub fn write_pg_lsn(out: &mut Vec<u8>, lsn: u64) {
-    write_upper_hex(out, lsn >> 32);
-    out.push(b'/');
-    write_upper_hex(out, lsn & 0xFFFF_FFFF);
-}
-
-fn write_upper_hex(out: &mut Vec<u8>, mut v: u64) {
-    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
-    let mut buf = [0u8; 16];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        if let Some(slot) = buf.get_mut(i) {
-            *slot = DIGITS.get((v & 0xF) as usize).copied().unwrap_or(b'0');
-        }
-        v >>= 4;
-        if v == 0 || i == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(buf.get(i..).unwrap_or_default());
-}
-
-/// Parses PostgreSQL's `X/Y` LSN notation (1–8 hex digits on each side,
-/// either case). Returns `None` for anything else.
-#[must_use]
-pub fn parse_pg_lsn(s: &str) -> Option<u64> {
-    let (hi, lo) = s.split_once('/')?;
-    let parse_half = |h: &str| -> Option<u64> {
-        if h.is_empty() || h.len() > 8 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        u64::from_str_radix(h, 16).ok()
-    };
-    Some((parse_half(hi)? << 32) | parse_half(lo)?)
-}
+// The text forms of a PostgreSQL LSN live with the event vocabulary.
+pub use spillway_core::lsn::{format_pg_lsn, parse_pg_lsn, write_pg_lsn};
 
 /// One decoded pgoutput message. Variable-length data borrows from the
 /// buffer passed to [`decode`], except [`Relation`], which is owned because

@@ -264,11 +264,9 @@ impl<'a> NativeEvent<'a> {
 
 /// Parses PostgreSQL's `X/Y` LSN text (two hex numbers) into its 64-bit value.
 pub(crate) fn parse_pg_lsn(text: &str) -> Result<u64, EncodeError> {
-    let bad = || EncodeError::Malformed(format!("{text:?} is not a PostgreSQL LSN (X/Y in hex)"));
-    let (hi, lo) = text.split_once('/').ok_or_else(bad)?;
-    let hi = u32::from_str_radix(hi, 16).map_err(|_| bad())?;
-    let lo = u32::from_str_radix(lo, 16).map_err(|_| bad())?;
-    Ok((u64::from(hi) << 32) | u64::from(lo))
+    crate::lsn::parse_pg_lsn(text).ok_or_else(|| {
+        EncodeError::Malformed(format!("{text:?} is not a PostgreSQL LSN (X/Y in hex)"))
+    })
 }
 
 #[cfg(test)]
