@@ -749,13 +749,13 @@ impl ChangeStream {
                 self.queue.push_back(Entry::Failed(Error::decode(line, e)));
                 return;
             }
-            Ok(Event::Heartbeat { .. }) => return,
-            Ok(Event::RequeryRequired {
+            Ok(Event::Heartbeat(_)) => return,
+            Ok(Event::RequeryRequired(spillway_core::RequeryRequired {
                 requested_lsn,
                 oldest_lsn,
                 log_epoch,
                 ..
-            }) => {
+            })) => {
                 // A gap the log itself records (at `requested_lsn`) begins an
                 // epoch: positions from here on belong to it — unless it is an
                 // old one, before the epoch this connection is in.

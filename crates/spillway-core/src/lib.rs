@@ -1,18 +1,21 @@
-//! The change-event model shared by everything that *reads* events (the CLI, tests, the
-//! Rust client) and the sink encodings. No I/O.
-//!
-//! The capture path does not build these structs: it writes native JSON directly
-//! (`spillway-pgoutput::event`) for speed. The crate root is the typed view of that JSON,
-//! and its tests pin the field names of SPEC §3.
+//! The vocabulary of Spillway, with no I/O: the change event, the names and text forms
+//! every other crate shares, and the per-consumer processing chain.
 //!
 //! # Layout
 //!
-//! - crate root: [`Event`] and its parts, the typed native event.
-//! - [`lsn`]: the `X/Y` text form of PostgreSQL LSNs.
-//! - [`encoding`]: [`Encoder`](encoding::Encoder) turns native event bytes into the
-//!   format a sink writes (`native`, `debezium`, `document`, `flat`); the rules of each
-//!   format and every choice made where the references are silent are in the module
-//!   documentation of [`encoding`] and its submodules.
+//! | module | what it holds |
+//! |---|---|
+//! | [`event`] | the one [`Operation`] and [`EventKind`], the typed [`Event`] (for code that reads events: the CLI, tests, the Rust client), the control events with one shape each ([`RequeryRequired`], [`Heartbeat`]), and [`EventView`], the borrowed view of a stored event that sinks, transforms, encodings and the HTTP stream parse once |
+//! | [`pattern`] | table patterns (`schema.table`, `table`, `*`): the one matcher behind capture's, sinks' and the API's table filters |
+//! | [`transform`] | the [`Transform`](transform::Transform) trait and its first implementation, [`Filter`](transform::Filter) (`tables`, `operations`, exclusions) |
+//! | [`query`] | the `/v1/changes` query, parsed by the server and written by the client and `spillway tail` |
+//! | [`encoding`] | [`Encoder`](encoding::Encoder): native event bytes → the format a sink writes (`native`, `debezium`, `document`, `flat`); the rules of each format are in its module documentation |
+//! | [`time`] | the one calendar and every date/time text form (PostgreSQL's output, native values, `java.time`/Go forms, RFC 3339 input), `now_us` |
+//! | [`lsn`] | the `X/Y` text form of PostgreSQL LSNs |
+//! | [`status`] | live state shared by capture, the API and metrics |
+//!
+//! The capture path does not build the typed structs: it writes native JSON directly
+//! (`spillway-pgoutput::event`) for speed; [`event`]'s tests pin its field names (SPEC §3).
 //!
 //! # Encodings
 //!
@@ -114,226 +117,16 @@
 //! # Ok::<(), spillway_core::encoding::EncodeError>(())
 //! ```
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
-
 pub mod encoding;
+pub mod event;
 pub mod lsn;
+pub mod pattern;
+pub mod query;
+pub mod status;
+pub mod time;
+pub mod transform;
 
-/// What happened to a row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Operation {
-    /// A new row.
-    Insert,
-    /// A changed row.
-    Update,
-    /// A removed row.
-    Delete,
-    /// The table was emptied.
-    Truncate,
-    /// A snapshot row.
-    Read,
-}
-
-/// Transaction context of an event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TxInfo {
-    /// PostgreSQL transaction id.
-    pub xid: u32,
-    /// LSN of the commit record, PostgreSQL's `X/Y` form.
-    pub commit_lsn: String,
-    /// 1-based ordinal of the event in its transaction.
-    pub index: u32,
-}
-
-/// Where an event came from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SourceInfo {
-    /// Database name.
-    pub db: String,
-    /// WAL position of the change, `X/Y`.
-    pub pg_lsn: String,
-    /// Replication origin of the transaction, when it had one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub origin: Option<String>,
-}
-
-/// A column as announced by a `schema_change` event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ColumnInfo {
-    /// Column name.
-    pub name: String,
-    /// Type name (`pg_type.typname`).
-    #[serde(rename = "type")]
-    pub type_name: String,
-    /// Type OID.
-    pub type_oid: u32,
-    /// Part of the primary key (or replica identity).
-    pub key: bool,
-    /// Whether the column accepts NULL (`NOT attnotnull`), when the producer knows it.
-    /// pgoutput does not carry it; encodings that need it (Debezium's `optional`) assume
-    /// key columns are NOT NULL and all others nullable when it is absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nullable: Option<bool>,
-    /// The column default as `pg_get_expr(adbin, adrelid)` prints it (e.g.
-    /// `nextval('orders_id_seq'::regclass)`), when the producer knows it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub default: Option<String>,
-    /// `atttypmod` (e.g. the precision of `timestamp(3)` is 3), when the producer knows it;
-    /// -1 or absent means "no modifier".
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub type_modifier: Option<i32>,
-}
-
-/// Any event of the native stream, by its `type` field.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Event {
-    /// A row change.
-    Change(ChangeEvent),
-    /// A table's columns changed (or were seen for the first time since start).
-    SchemaChange(SchemaChangeEvent),
-    /// A logical decoding message (`pg_logical_emit_message`).
-    Message(MessageEvent),
-    /// The requested position is no longer retained.
-    RequeryRequired {
-        /// What the consumer asked for.
-        requested_lsn: u64,
-        /// The oldest lsn still retained.
-        oldest_lsn: u64,
-        /// Why: `trimmed`, `ahead_of_log`, `log_rewound`, `log_gap`,
-        /// `unknown_log_epoch` (absent from older servers).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        reason: Option<String>,
-        /// For a `log_gap` record: the log epoch that begins with it.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        log_epoch: Option<String>,
-    },
-    /// Stream keep-alive.
-    Heartbeat {
-        /// The log's current lsn.
-        current_lsn: u64,
-    },
-}
-
-/// A row change (SPEC §3).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ChangeEvent {
-    /// The log's sequence number.
-    pub lsn: u64,
-    /// Stable id: `<commit_lsn>:<index>`.
-    pub id: String,
-    /// Commit time, µs since the Unix epoch.
-    pub timestamp: i64,
-    /// What happened.
-    pub operation: Operation,
-    /// `schema.table`.
-    pub entity: String,
-    /// Schema.
-    pub schema: String,
-    /// Table.
-    pub table: String,
-    /// Key columns.
-    pub entity_id: Option<Map<String, Value>>,
-    /// The row before, where PostgreSQL provides it.
-    pub old_data: Option<Map<String, Value>>,
-    /// The row after (null for deletes).
-    pub new_data: Option<Map<String, Value>>,
-    /// Columns whose unchanged TOAST value was not available.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub unchanged_toast: Vec<String>,
-    /// Transaction context.
-    pub tx: TxInfo,
-    /// Source position.
-    pub source: SourceInfo,
-}
-
-/// A table's shape (SPEC §3 control event).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SchemaChangeEvent {
-    /// The log's sequence number.
-    pub lsn: u64,
-    /// Stable id.
-    pub id: String,
-    /// Commit time, µs.
-    pub timestamp: i64,
-    /// `schema.table`.
-    pub entity: String,
-    /// Schema.
-    pub schema: String,
-    /// Table.
-    pub table: String,
-    /// `default`, `full`, `nothing` or `index`.
-    pub replica_identity: String,
-    /// Columns in order.
-    pub columns: Vec<ColumnInfo>,
-    /// Transaction context.
-    pub tx: TxInfo,
-    /// Source position.
-    pub source: SourceInfo,
-}
-
-/// A logical decoding message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MessageEvent {
-    /// The log's sequence number.
-    pub lsn: u64,
-    /// Stable id.
-    pub id: String,
-    /// Commit time (transactional) or last known commit time, µs.
-    pub timestamp: i64,
-    /// Emitted inside a transaction.
-    pub transactional: bool,
-    /// The message prefix.
-    pub prefix: String,
-    /// Content, when valid UTF-8.
-    #[serde(default)]
-    pub content: Option<String>,
-    /// Content as base64, when not valid UTF-8.
-    #[serde(default)]
-    pub content_base64: Option<String>,
-    /// Transaction context (null for non-transactional messages).
-    pub tx: Option<TxInfo>,
-    /// Source position.
-    pub source: SourceInfo,
-}
-
-impl Event {
-    /// Parses one NDJSON line.
-    pub fn parse(line: &[u8]) -> Result<Event, serde_json::Error> {
-        serde_json::from_slice(line)
-    }
-
-    /// The log lsn, for events stored in the log.
-    pub fn lsn(&self) -> Option<u64> {
-        match self {
-            Event::Change(c) => Some(c.lsn),
-            Event::SchemaChange(s) => Some(s.lsn),
-            Event::Message(m) => Some(m.lsn),
-            _ => None,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn spec_example_parses() {
-        let line = br#"{"type":"change","lsn":1042,"id":"0/1A2B3C8:3","timestamp":1763683200123456,
- "operation":"update","entity":"public.orders","schema":"public","table":"orders",
- "entity_id":{"id":7},"old_data":{"id":7,"status":"paid"},"new_data":{"id":7,"status":"shipped"},
- "tx":{"xid":731,"commit_lsn":"0/1A2B3C8","index":3},"source":{"db":"shop","pg_lsn":"0/1A2B3A0"}}"#;
-        let Event::Change(c) = Event::parse(line).unwrap() else {
-            panic!("not a change")
-        };
-        assert_eq!(c.lsn, 1042);
-        assert_eq!(c.operation, Operation::Update);
-        assert_eq!(c.new_data.unwrap()["status"], "shipped");
-        assert_eq!(c.tx.index, 3);
-        let hb = Event::parse(br#"{"type":"heartbeat","current_lsn":5,"timestamp":1}"#).unwrap();
-        assert_eq!(hb, Event::Heartbeat { current_lsn: 5 });
-    }
-}
+pub use event::{
+    ChangeEvent, ColumnInfo, Event, EventKind, EventView, Heartbeat, MessageEvent, Operation,
+    RequeryReason, RequeryRequired, SchemaChangeEvent, SourceInfo, TxInfo,
+};

@@ -1,9 +1,10 @@
 //! Named consumer checkpoints, kept in `checkpoints.redb` inside the log
 //! directory (see the crate docs, "Consumer checkpoints").
 
+use spillway_core::time::now_us;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use redb::{
     Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition,
@@ -90,12 +91,6 @@ fn db_err(op: &'static str, path: &Path, e: impl Into<redb::Error>) -> LogError 
         path: path.to_path_buf(),
         source: Box::new(e.into()),
     }
-}
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 fn validate_name(name: &str) -> Result<(), LogError> {

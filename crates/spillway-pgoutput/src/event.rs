@@ -28,48 +28,13 @@ use crate::value::{
     TypeRegistry, ValueError,
 };
 
-/// A row-level operation, as passed to the table filter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Operation {
-    /// `INSERT`
-    Insert,
-    /// `UPDATE`
-    Update,
-    /// `DELETE`
-    Delete,
-    /// `TRUNCATE`
-    Truncate,
-}
+/// A row-level operation, as passed to the table filter (the one vocabulary of
+/// `spillway-core`; the WAL carries all but `Read`).
+pub use spillway_core::Operation;
 
-impl Operation {
-    /// All operations, in declaration order.
-    pub const ALL: [Operation; 4] = [
-        Operation::Insert,
-        Operation::Update,
-        Operation::Delete,
-        Operation::Truncate,
-    ];
-
-    /// Lower-case name used in events: `insert`, `update`, `delete`,
-    /// `truncate`.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Operation::Insert => "insert",
-            Operation::Update => "update",
-            Operation::Delete => "delete",
-            Operation::Truncate => "truncate",
-        }
-    }
-
-    fn index(self) -> usize {
-        match self {
-            Operation::Insert => 0,
-            Operation::Update => 1,
-            Operation::Delete => 2,
-            Operation::Truncate => 3,
-        }
-    }
+/// Slot of `op` in [`CachedRelation::accept`] (`Read` never comes from the WAL).
+fn wal_index(op: Operation) -> Option<usize> {
+    Operation::WAL.iter().position(|o| *o == op)
 }
 
 /// What kind of event an [`EncodedEvent`] is (its JSON `type`).
@@ -156,13 +121,15 @@ struct CachedRelation {
     /// Columns making up `entity_id` (primary key if known, else
     /// `ri_cols`).
     id_cols: Vec<usize>,
-    /// Filter decision per [`Operation::index`].
+    /// Filter decision per operation of [`Operation::WAL`].
     accept: [bool; 4],
 }
 
 impl CachedRelation {
     fn accepts(&self, op: Operation) -> bool {
-        self.accept.get(op.index()).copied().unwrap_or(false)
+        wal_index(op)
+            .and_then(|i| self.accept.get(i).copied())
+            .unwrap_or(false)
     }
 }
 
@@ -552,7 +519,7 @@ impl EventEncoder {
     ) -> Result<(), EncodeError> {
         let schema = display_schema(&r.namespace).to_owned();
         let table = r.name.clone();
-        let accept = Operation::ALL.map(|op| (self.filter)(&schema, &table, op));
+        let accept = Operation::WAL.map(|op| (self.filter)(&schema, &table, op));
 
         let mut entity_fields = Vec::with_capacity(schema.len() * 2 + table.len() * 2 + 40);
         let qualified = format!("{schema}.{table}");

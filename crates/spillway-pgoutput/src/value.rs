@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use base64::Engine as _;
+use spillway_core::time;
 
 /// OIDs of builtin PostgreSQL types referenced by the conversion rules.
 pub mod oid {
@@ -766,224 +767,8 @@ fn write_bytea(out: &mut Vec<u8>, text: &[u8]) -> Result<(), ValueError> {
 // Dates and times
 // ---------------------------------------------------------------------------
 
-/// Byte cursor for the fixed-layout date/time formats.
-struct Cursor<'a> {
-    s: &'a [u8],
-    pos: usize,
-}
-
-impl Cursor<'_> {
-    fn peek(&self) -> Option<u8> {
-        self.s.get(self.pos).copied()
-    }
-
-    fn eat(&mut self, b: u8) -> bool {
-        if self.peek() == Some(b) {
-            self.pos += 1;
-            true
-        } else {
-            false
-        }
-    }
-
-    fn eat_str(&mut self, lit: &[u8]) -> bool {
-        let end = self.pos + lit.len();
-        if self.s.get(self.pos..end) == Some(lit) {
-            self.pos = end;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Reads between `min` and `max` ASCII digits.
-    fn number(&mut self, min: usize, max: usize) -> Option<(u64, usize)> {
-        let start = self.pos;
-        let mut v: u64 = 0;
-        while let Some(d) = self.peek().filter(u8::is_ascii_digit) {
-            if self.pos - start == max {
-                return None;
-            }
-            v = v * 10 + u64::from(d - b'0');
-            self.pos += 1;
-        }
-        let n = self.pos - start;
-        (n >= min).then_some((v, n))
-    }
-
-    fn two(&mut self) -> Option<u32> {
-        self.number(2, 2).and_then(|(v, _)| u32::try_from(v).ok())
-    }
-
-    fn at_end(&self) -> bool {
-        self.pos >= self.s.len()
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Date {
-    /// Astronomical year (1 BC = 0).
-    year: i64,
-    month: u32,
-    day: u32,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Time {
-    hour: u32,
-    minute: u32,
-    second: u32,
-    micros: u32,
-}
-
-fn is_leap(y: i64) -> bool {
-    y.rem_euclid(4) == 0 && (y.rem_euclid(100) != 0 || y.rem_euclid(400) == 0)
-}
-
-fn days_in_month(y: i64, m: u32) -> u32 {
-    match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if is_leap(y) => 29,
-        2 => 28,
-        _ => 0,
-    }
-}
-
-/// Parses `Y{4,9}-MM-DD` (year as printed, before any BC adjustment).
-fn parse_date_part(c: &mut Cursor<'_>) -> Option<Date> {
-    let (year, _) = c.number(4, 9)?;
-    if !c.eat(b'-') {
-        return None;
-    }
-    let month = c.two()?;
-    if !c.eat(b'-') {
-        return None;
-    }
-    let day = c.two()?;
-    let year = i64::try_from(year).ok()?;
-    if month == 0 || month > 12 || day == 0 {
-        return None;
-    }
-    Some(Date { year, month, day })
-}
-
-fn check_day(d: &Date) -> bool {
-    d.day <= days_in_month(d.year, d.month)
-}
-
-/// Parses `HH:MM:SS[.f{1,6}]`.
-fn parse_time_part(c: &mut Cursor<'_>, max_hour: u32) -> Option<Time> {
-    let hour = c.two()?;
-    if !c.eat(b':') {
-        return None;
-    }
-    let minute = c.two()?;
-    if !c.eat(b':') {
-        return None;
-    }
-    let second = c.two()?;
-    let mut micros = 0;
-    if c.eat(b'.') {
-        let (v, n) = c.number(1, 6)?;
-        let mut v = u32::try_from(v).ok()?;
-        for _ in n..6 {
-            v *= 10;
-        }
-        micros = v;
-    }
-    if hour > max_hour || minute > 59 || second > 59 {
-        return None;
-    }
-    if hour == 24 && (minute != 0 || second != 0 || micros != 0) {
-        return None;
-    }
-    Some(Time {
-        hour,
-        minute,
-        second,
-        micros,
-    })
-}
-
-/// Parses `±HH[:MM[:SS]]`, returning the offset east of UTC in seconds.
-fn parse_offset(c: &mut Cursor<'_>) -> Option<i64> {
-    let sign: i64 = match c.peek()? {
-        b'+' => 1,
-        b'-' => -1,
-        _ => return None,
-    };
-    c.pos += 1;
-    let h = c.two()?;
-    let mut m = 0;
-    let mut s = 0;
-    if c.eat(b':') {
-        m = c.two()?;
-        if c.eat(b':') {
-            s = c.two()?;
-        }
-    }
-    if m > 59 || s > 59 {
-        return None;
-    }
-    Some(sign * i64::from(h * 3600 + m * 60 + s))
-}
-
-/// Applies a trailing ` BC`, converting to astronomical numbering.
-fn apply_era(c: &mut Cursor<'_>, date: &mut Date) -> Option<()> {
-    if c.eat_str(b" BC") {
-        if date.year == 0 {
-            return None;
-        }
-        date.year = 1 - date.year;
-    } else if date.year == 0 {
-        // Year 0 does not exist in PostgreSQL's AD/BC numbering.
-        return None;
-    }
-    Some(())
-}
-
-fn write_uint(out: &mut Vec<u8>, v: u64, width: usize) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    let mut v = v;
-    loop {
-        i -= 1;
-        if let Some(slot) = buf.get_mut(i) {
-            *slot = b'0' + (v % 10) as u8;
-        }
-        v /= 10;
-        if v == 0 || i == 0 {
-            break;
-        }
-    }
-    let n = buf.len() - i;
-    for _ in n..width {
-        out.push(b'0');
-    }
-    out.extend_from_slice(buf.get(i..).unwrap_or_default());
-}
-
-fn write_date_iso(out: &mut Vec<u8>, d: &Date) {
-    if d.year < 0 {
-        out.push(b'-');
-    }
-    write_uint(out, d.year.unsigned_abs(), 4);
-    out.push(b'-');
-    write_uint(out, u64::from(d.month), 2);
-    out.push(b'-');
-    write_uint(out, u64::from(d.day), 2);
-}
-
-fn write_time_iso(out: &mut Vec<u8>, t: &Time) {
-    write_uint(out, u64::from(t.hour), 2);
-    out.push(b':');
-    write_uint(out, u64::from(t.minute), 2);
-    out.push(b':');
-    write_uint(out, u64::from(t.second), 2);
-    out.push(b'.');
-    write_uint(out, u64::from(t.micros), 6);
-}
+// The calendar and the text forms are `spillway_core::time`'s; here they are only
+// quoted into JSON.
 
 /// `infinity` / `-infinity` are passed through as strings.
 fn write_infinity(out: &mut Vec<u8>, text: &[u8]) -> bool {
@@ -1002,84 +787,23 @@ fn write_date(out: &mut Vec<u8>, text: &[u8]) -> Result<(), ValueError> {
     if write_infinity(out, text) {
         return Ok(());
     }
-    let mut c = Cursor { s: text, pos: 0 };
-    let mut date = parse_date_part(&mut c).ok_or_else(|| invalid("date", text))?;
-    apply_era(&mut c, &mut date).ok_or_else(|| invalid("date", text))?;
-    if !c.at_end() || !check_day(&date) {
-        return Err(invalid("date", text));
-    }
+    let date = time::parse_pg_date(text).ok_or_else(|| invalid("date", text))?;
     out.push(b'"');
-    write_date_iso(out, &date);
+    time::write_native_date(out, date);
     out.push(b'"');
     Ok(())
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (astronomical year).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let m = i64::from(m);
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Inverse of [`days_from_civil`].
-fn civil_from_days(z: i64) -> Date {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    Date {
-        year,
-        month: u32::try_from(month).unwrap_or(1),
-        day: u32::try_from(day).unwrap_or(1),
-    }
-}
-
 fn write_timestamp(out: &mut Vec<u8>, text: &[u8], with_tz: bool) -> Result<(), ValueError> {
-    let type_name = if with_tz { "timestamptz" } else { "timestamp" };
     if write_infinity(out, text) {
         return Ok(());
     }
-    let err = || invalid(type_name, text);
-    let mut c = Cursor { s: text, pos: 0 };
-    let mut date = parse_date_part(&mut c).ok_or_else(err)?;
-    if !c.eat(b' ') {
-        return Err(err());
-    }
-    let mut time = parse_time_part(&mut c, 23).ok_or_else(err)?;
-    let offset = if with_tz {
-        parse_offset(&mut c).ok_or_else(err)?
-    } else {
-        0
-    };
-    apply_era(&mut c, &mut date).ok_or_else(err)?;
-    if !c.at_end() || !check_day(&date) {
-        return Err(err());
-    }
-    if offset != 0 {
-        let secs =
-            i64::from(time.hour) * 3600 + i64::from(time.minute) * 60 + i64::from(time.second)
-                - offset;
-        let days = days_from_civil(date.year, date.month, date.day) + secs.div_euclid(86_400);
-        let sod = secs.rem_euclid(86_400);
-        date = civil_from_days(days);
-        time.hour = u32::try_from(sod / 3600).unwrap_or(0);
-        time.minute = u32::try_from(sod % 3600 / 60).unwrap_or(0);
-        time.second = u32::try_from(sod % 60).unwrap_or(0);
-    }
+    let (date, tod) = time::parse_pg_timestamp(text, with_tz)
+        .ok_or_else(|| invalid(if with_tz { "timestamptz" } else { "timestamp" }, text))?;
     out.push(b'"');
-    write_date_iso(out, &date);
+    time::write_native_date(out, date);
     out.push(b'T');
-    write_time_iso(out, &time);
+    time::write_native_time(out, tod);
     if with_tz {
         out.push(b'Z');
     }
@@ -1088,30 +812,12 @@ fn write_timestamp(out: &mut Vec<u8>, text: &[u8], with_tz: bool) -> Result<(), 
 }
 
 fn write_time(out: &mut Vec<u8>, text: &[u8], with_tz: bool) -> Result<(), ValueError> {
-    let type_name = if with_tz { "timetz" } else { "time" };
-    let err = || invalid(type_name, text);
-    let mut c = Cursor { s: text, pos: 0 };
-    let time = parse_time_part(&mut c, 24).ok_or_else(err)?;
-    let offset = if with_tz {
-        Some(parse_offset(&mut c).ok_or_else(err)?)
-    } else {
-        None
-    };
-    if !c.at_end() {
-        return Err(err());
-    }
+    let (tod, offset) = time::parse_pg_time(text, with_tz)
+        .ok_or_else(|| invalid(if with_tz { "timetz" } else { "time" }, text))?;
     out.push(b'"');
-    write_time_iso(out, &time);
+    time::write_native_time(out, tod);
     if let Some(offset) = offset {
-        out.push(if offset < 0 { b'-' } else { b'+' });
-        let abs = offset.unsigned_abs();
-        write_uint(out, abs / 3600, 2);
-        out.push(b':');
-        write_uint(out, abs % 3600 / 60, 2);
-        if abs % 60 != 0 {
-            out.push(b':');
-            write_uint(out, abs % 60, 2);
-        }
+        time::write_native_offset(out, offset);
     }
     out.push(b'"');
     Ok(())
@@ -1324,17 +1030,6 @@ impl ArrayParser<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn civil_roundtrip() {
-        for days in (-800_000..800_000).step_by(37) {
-            let d = civil_from_days(days);
-            assert_eq!(days_from_civil(d.year, d.month, d.day), days);
-            assert!(d.day >= 1 && d.day <= days_in_month(d.year, d.month));
-        }
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
-    }
 
     #[test]
     fn json_number_grammar() {

@@ -44,13 +44,17 @@ use crate::dsn::ConnectConfig;
 use crate::replication::{ReplicationMessage, ReplicationStream, StartOptions};
 use crate::wire::PgConnection;
 use crate::PgError;
+use spillway_core::pattern::TablePattern;
+use spillway_core::time::now_us;
+use spillway_core::transform::Filter;
+use spillway_core::{Operation, RequeryRequired};
 use spillway_log::{AppendRecord, ChangeLog, LogError, LogWriter};
 use spillway_pgoutput::event::{EncodedEvent, EventEncoder};
 use spillway_pgoutput::message::{decode, PgOutputMessage};
 use spillway_pgoutput::value::{TypeInfo, TypeKind};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -65,8 +69,8 @@ pub struct CaptureConfig {
     /// Publication name.
     pub publication: String,
     /// Table filter: `schema.table` / `table` patterns with `*`, each with the operations
-    /// to keep (`None` = all). Empty = every table the publication sends.
-    pub tables: Vec<(String, Option<Vec<String>>)>,
+    /// to keep (empty = all). Empty = every table the publication sends.
+    pub tables: Vec<(TablePattern, Vec<Operation>)>,
     /// How often a status update is sent even when nothing changed.
     pub status_interval: Duration,
     /// Give the replication connection up when nothing arrives for this long (PostgreSQL's
@@ -114,27 +118,7 @@ impl Backoff {
     }
 }
 
-/// Live state of the source, shared with the API and metrics.
-#[derive(Debug, Default)]
-pub struct SourceStatus {
-    /// Connected and streaming.
-    pub streaming: AtomicBool,
-    /// The flush position last confirmed to PostgreSQL.
-    pub confirmed_flush_lsn: AtomicU64,
-    /// The server's WAL end as last reported.
-    pub server_wal_end: AtomicU64,
-    /// Commit time (µs since epoch) of the last captured transaction.
-    pub last_commit_time_us: AtomicI64,
-    /// Events appended since start.
-    pub events_captured: AtomicU64,
-    /// WAL bytes the slot holds back on the server (`pg_current_wal_lsn() - restart_lsn`),
-    /// refreshed with every periodic status update.
-    pub wal_retained_bytes: AtomicU64,
-    /// Milliseconds from the last captured commit to its capture.
-    pub lag_ms: AtomicU64,
-    /// Last error, for `/v1/status`.
-    pub last_error: Mutex<Option<String>>,
-}
+pub use spillway_core::status::SourceStatus;
 
 /// A fatal capture error: the process should stop and say why.
 #[derive(Debug, thiserror::Error)]
@@ -157,22 +141,19 @@ pub enum CaptureError {
 
 impl CaptureConfig {
     fn filter(&self) -> spillway_pgoutput::event::TableFilter {
-        let tables = self.tables.clone();
-        Box::new(move |schema, table, op| {
-            if tables.is_empty() {
-                return true;
-            }
-            tables.iter().any(|(pattern, ops)| {
-                crate::table_matches(std::slice::from_ref(pattern), schema, table)
-                    && ops
-                        .as_ref()
-                        .is_none_or(|ops| ops.iter().any(|o| o == op.as_str()))
-            })
-        })
+        let filter = if self.tables.is_empty() {
+            Filter::all()
+        } else {
+            Filter::all().with_tables(self.tables.clone())
+        };
+        Box::new(move |schema, table, op| filter.accepts_row(schema, table, op))
     }
 
     fn patterns(&self) -> Vec<String> {
-        self.tables.iter().map(|(p, _)| p.clone()).collect()
+        self.tables
+            .iter()
+            .map(|(p, _)| p.as_str().to_owned())
+            .collect()
     }
 }
 
@@ -542,7 +523,7 @@ async fn run_once(
                                     appended_end = c.end_lsn;
                                     let commit_us = spillway_pgoutput::message::pg_epoch_to_unix_micros(c.timestamp);
                                     status.last_commit_time_us.store(commit_us, Ordering::Relaxed);
-                                    let lag_us = unix_now_us().saturating_sub(commit_us).max(0);
+                                    let lag_us = now_us().saturating_sub(commit_us).max(0);
                                     status.lag_ms.store((lag_us / 1000) as u64, Ordering::Relaxed);
                                 } else {
                                     // Nothing of this transaction passed the filters.
@@ -700,26 +681,26 @@ pub async fn mark_gap_if_slot_is_ahead(
         slot_confirmed_flush_lsn = %fmt(slot_confirmed),
         "the change log lacks transactions the replication slot was confirmed for (a repaired or restored log directory, or another reader of the slot); wrote requery_required at this lsn: every consumer reading past it must re-snapshot"
     );
-    let payload = format!(
-        "{{\"type\":\"requery_required\",\"lsn\":{lsn},\"id\":\"gap:{}\",\"timestamp\":{},\"requested_lsn\":{lsn},\"oldest_lsn\":{},\"reason\":\"log_gap\",\"log_epoch\":\"{}\",\"log_end_pg_lsn\":\"{}\",\"slot_confirmed_pg_lsn\":\"{}\"}}",
-        fmt(slot_confirmed),
-        unix_now_us(),
+    let payload = RequeryRequired::log_gap(
+        lsn,
         lsn + 1,
         epoch.id_hex(),
         fmt(log_end),
         fmt(slot_confirmed),
-    );
+        now_us(),
+    )
+    .to_json();
     writer
         .append(AppendRecord {
             lsn,
-            timestamp_us: unix_now_us(),
+            timestamp_us: now_us(),
             tx_end: true,
             // Below the slot position: a transaction whose commit record
             // starts exactly there is sent and must not be taken for one the
             // log already holds.
             pg_commit_lsn: slot_confirmed.saturating_sub(1).max(log_end),
             pg_end_lsn: slot_confirmed,
-            payload: payload.into_bytes(),
+            payload,
         })
         .await?;
     writer.flush().await?;
@@ -732,13 +713,6 @@ fn undecodable(e: impl std::fmt::Display, wal_start: u64) -> PgError {
         "{e} (XLogData at {}); capture stopped without confirming it, and a restart reads it again from the slot",
         spillway_pgoutput::message::format_pg_lsn(wal_start)
     ))
-}
-
-fn unix_now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 async fn append(

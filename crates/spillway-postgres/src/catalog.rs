@@ -221,7 +221,7 @@ pub async fn preflight(
     for row in tables {
         let schema = row.get(1).cloned().flatten().unwrap_or_default();
         let table = row.get(2).cloned().flatten().unwrap_or_default();
-        if !crate::table_matches(&scope.tables, &schema, &table) {
+        if !spillway_core::pattern::table_matches(&scope.tables, &schema, &table) {
             continue;
         }
         matched += 1;
@@ -350,7 +350,7 @@ pub struct PublicationPlan {
 /// Spillway under a name `[source] tables` lets through (pure; see [`ensure_publication`]).
 ///
 /// The configured tables are the existing plain and partitioned tables that `patterns`
-/// match ([`crate::table_matches`]; no patterns = every table). An entry without `*` that
+/// match ([`spillway_core::pattern::table_matches`]; no patterns = every table). An entry without `*` that
 /// matches no table is an error: it is a typo or the wrong database, and a table created
 /// later would not be in a `FOR TABLE` publication.
 pub fn plan_publication_for(
@@ -368,9 +368,9 @@ pub fn plan_publication_for(
         .iter()
         .filter(|p| !p.contains('*'))
         .filter(|p| {
-            !tables
-                .iter()
-                .any(|t| crate::table_matches(std::slice::from_ref(p), &t.schema, &t.name))
+            !tables.iter().any(|t| {
+                spillway_core::pattern::table_matches(std::slice::from_ref(p), &t.schema, &t.name)
+            })
         })
         .collect();
     if !absent.is_empty() {
@@ -390,7 +390,7 @@ pub fn plan_publication_for(
     let members: BTreeSet<u32> = if explicit {
         tables
             .iter()
-            .filter(|t| crate::table_matches(patterns, &t.schema, &t.name))
+            .filter(|t| spillway_core::pattern::table_matches(patterns, &t.schema, &t.name))
             .map(|t| t.oid)
             .collect()
     } else {
@@ -518,7 +518,7 @@ fn absent_finding(absent: &[&String], tables: &[DbTable]) -> Finding {
             tables
                 .iter()
                 .find(|t| {
-                    crate::table_matches(
+                    spillway_core::pattern::table_matches(
                         std::slice::from_ref(&lower),
                         &t.schema.to_lowercase(),
                         &t.name.to_lowercase(),
@@ -647,7 +647,7 @@ fn deliveries<'a>(patterns: &[String], tables: &'a [DbTable], state: &PubState) 
             Some(_) => Some(t),
         }
     };
-    let wanted = |t: &DbTable| crate::table_matches(patterns, &t.schema, &t.name);
+    let wanted = |t: &DbTable| spillway_core::pattern::table_matches(patterns, &t.schema, &t.name);
     let mut out = Deliveries {
         missing: Vec::new(),
         misnamed: BTreeSet::new(),

@@ -179,10 +179,7 @@ impl ReplicationStream {
         flush: u64,
         reply: bool,
     ) -> Result<(), PgError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as i64)
-            .unwrap_or(0);
+        let now = spillway_core::time::now_us();
         let payload = encode_status_update(write, flush, flush, now, reply);
         self.conn.queue_copy_data(&payload);
         self.conn.send().await

@@ -12,6 +12,8 @@
 //! so `DB_DSN` + `NATS_PUB_URI` is a whole PostgreSQL → NATS pipeline without a file.
 
 use serde::Deserialize;
+use spillway_core::pattern::TablePattern;
+use spillway_core::Operation;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -185,14 +187,10 @@ fn validate_sink(i: usize, mut t: toml::Table) -> Result<SinkConfig, ConfigError
                 at("tables")
             ))
         })?;
-        for ops in map.values() {
-            if let Some(bad) = ops.iter().find(|o| !OPERATIONS.contains(&o.as_str())) {
-                return Err(err(format!(
-                    "{}: unknown operation `{bad}`; use {}",
-                    at("tables"),
-                    OPERATIONS.join(", ")
-                )));
-            }
+        for (pattern, ops) in &map {
+            TablePattern::parse(pattern).map_err(|e| err(format!("{}: {e}", at("tables"))))?;
+            Operation::parse_list(ops, &Operation::ALL)
+                .map_err(|e| err(format!("{}: {e}", at("tables"))))?;
         }
         settings.tables = Some(map);
     }
@@ -200,13 +198,8 @@ fn validate_sink(i: usize, mut t: toml::Table) -> Result<SinkConfig, ConfigError
         let ops: Vec<String> = v
             .try_into()
             .map_err(|_| err(format!("{} must be a list of operations", at("operations"))))?;
-        if let Some(bad) = ops.iter().find(|o| !OPERATIONS.contains(&o.as_str())) {
-            return Err(err(format!(
-                "{}: unknown operation `{bad}`; use {}",
-                at("operations"),
-                OPERATIONS.join(", ")
-            )));
-        }
+        Operation::parse_list(&ops, &Operation::ALL)
+            .map_err(|e| err(format!("{}: {e}", at("operations"))))?;
         settings.operations = Some(ops);
     }
     let batching_set = t.contains_key("batch_size") || t.contains_key("batch_timeout_ms");
@@ -383,8 +376,8 @@ pub struct SourceConfig {
     pub slot: String,
     /// Publication name.
     pub publication: String,
-    /// Table patterns and the operations to keep for each (None = all).
-    pub tables: Vec<(String, Option<Vec<String>>)>,
+    /// Table patterns and the operations to keep for each (empty = all).
+    pub tables: Vec<(TablePattern, Vec<Operation>)>,
     /// Give the replication connection up (and reconnect) when nothing arrives for this
     /// long, like PostgreSQL's `wal_receiver_timeout`; zero = never.
     pub receive_timeout: std::time::Duration,
@@ -424,8 +417,6 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7654";
 /// every `wal_sender_timeout / 2` (30 s by default), so a shorter deadline would cut it
 /// off again and again while it is working.
 pub const DEFAULT_RECEIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-
-const OPERATIONS: &[&str] = &["insert", "update", "delete", "truncate"];
 
 /// Every key and its environment variable (beside the `SPILLWAY_` form).
 const KEYS: &[(&str, &str, Option<&str>)] = &[
@@ -716,25 +707,18 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             )));
         }
     }
-    let tables = match raw.source.tables {
+    let raw_tables: Vec<(String, Vec<String>)> = match raw.source.tables {
         None => Vec::new(),
-        Some(RawTables::List(l)) => l.into_iter().map(|t| (t, None)).collect(),
-        Some(RawTables::Map(m)) => m.into_iter().map(|(t, ops)| (t, Some(ops))).collect(),
+        Some(RawTables::List(l)) => l.into_iter().map(|t| (t, Vec::new())).collect(),
+        Some(RawTables::Map(m)) => m.into_iter().collect(),
     };
-    for (t, ops) in &tables {
-        if t.is_empty() || t.split('.').count() > 2 || t.split('.').any(str::is_empty) {
-            return Err(err(format!(
-                "source.tables: `{t}` is not a table pattern; write schema.table, table or schema.*"
-            )));
-        }
-        for op in ops.iter().flatten() {
-            if !OPERATIONS.contains(&op.as_str()) {
-                return Err(err(format!(
-                    "source.tables: unknown operation `{op}` for `{t}`; use {}",
-                    OPERATIONS.join(", ")
-                )));
-            }
-        }
+    let mut tables = Vec::with_capacity(raw_tables.len());
+    for (t, ops) in &raw_tables {
+        let pattern = TablePattern::parse(t).map_err(|e| err(format!("source.tables: {e}")))?;
+        // The WAL carries no snapshot reads.
+        let ops = Operation::parse_list(ops, &Operation::WAL)
+            .map_err(|e| err(format!("source.tables: {e} for `{t}`")))?;
+        tables.push((pattern, ops));
     }
     let receive_timeout = match raw.source.receive_timeout {
         None => DEFAULT_RECEIVE_TIMEOUT,
@@ -905,8 +889,8 @@ listen = "127.0.0.1:7654"
         assert_eq!(
             c.source.tables,
             vec![(
-                "trades".to_string(),
-                Some(vec!["insert".to_string(), "update".to_string()])
+                TablePattern::parse("trades").unwrap(),
+                vec![Operation::Insert, Operation::Update]
             )]
         );
         // env only, reference-001 names

@@ -118,9 +118,7 @@
 //! * [`conformance`] — the suite every sink's tests run.
 
 pub mod conformance;
-mod event;
 pub mod file;
-mod filter;
 pub mod route;
 pub mod runtime;
 pub mod webhook;

@@ -15,9 +15,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use spillway_core::encoding::{Encoder, EncoderOptions, Format};
-
-use crate::event::EventHead;
-use crate::filter::Filter;
+use spillway_core::pattern::TablePattern;
+use spillway_core::time::now_us;
+use spillway_core::transform::{Filter, Transform, Verdict};
+use spillway_core::{EventKind, EventView, Operation, RequeryReason, RequeryRequired};
 
 /// One event as handed to [`Sink::deliver`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,7 +196,32 @@ impl SinkSettings {
                 self.name
             )));
         }
-        Filter::new(self.tables.as_ref(), self.operations.as_ref())
+        self.filter()
+    }
+
+    /// The `tables` and `operations` settings as the first transform of the chain.
+    fn filter(&self) -> Result<Filter, SinkError> {
+        let fatal = |what: &str, e: &dyn std::fmt::Display| {
+            SinkError::Fatal(format!("sink {}: {what}: {e}", self.name))
+        };
+        let mut filter = Filter::all();
+        if let Some(ops) = &self.operations {
+            let ops =
+                Operation::parse_list(ops, &Operation::ALL).map_err(|e| fatal("operations", &e))?;
+            filter = filter.with_operations(ops);
+        }
+        if let Some(map) = &self.tables {
+            let mut tables = Vec::with_capacity(map.len());
+            for (pattern, ops) in map {
+                let what = format!("tables.{pattern}");
+                let pattern = TablePattern::parse(pattern).map_err(|e| fatal("tables", &e))?;
+                let ops =
+                    Operation::parse_list(ops, &Operation::ALL).map_err(|e| fatal(&what, &e))?;
+                tables.push((pattern, ops));
+            }
+            filter = filter.with_tables(tables);
+        }
+        Ok(filter)
     }
 }
 
@@ -426,12 +452,6 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| SinkError::Fatal(format!("sink worker task failed: {e}")))
 }
 
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
-
 /// Log errors by consequence.
 fn log_error(e: LogError) -> SinkError {
     match e {
@@ -485,7 +505,8 @@ impl Runner<'_> {
                 sink = %self.settings.name, requested = rq.requested_lsn, resume = rq.resume_lsn,
                 "the sink's checkpoint was beyond the end of the change log; delivering requery_required and continuing at the log's end"
             );
-            let rec = self.requery_record(rq.requested_lsn, rq.resume_lsn, "log_rewound")?;
+            let rec =
+                self.requery_record(rq.requested_lsn, rq.resume_lsn, RequeryReason::LogRewound)?;
             pending.records.push(rec);
             pending.txs.push(None);
             pending.last_lsn = Some(rq.resume_lsn - 1);
@@ -591,7 +612,7 @@ impl Runner<'_> {
                     {
                         break;
                     }
-                    let rec = self.requery_record(requested, oldest, "trimmed")?;
+                    let rec = self.requery_record(requested, oldest, RequeryReason::Trimmed)?;
                     tracing::error!(
                         sink = %self.settings.name, requested, oldest,
                         "the sink's position was trimmed by retention; delivering requery_required and continuing at the oldest retained lsn"
@@ -680,28 +701,30 @@ impl Runner<'_> {
         pending.last_lsn = Some(rec.lsn);
         pending.last_timestamp_us = rec.timestamp_us;
         pending.scanned += 1;
-        let head = EventHead::parse(&rec.payload).map_err(|e| {
+        let view = EventView::parse(&rec.payload).map_err(|e| {
             SinkError::Fatal(format!(
                 "log record {} is not a native JSON event ({e}); the log holds data this version cannot read",
                 rec.lsn
             ))
         })?;
-        pending.last_tx = head.tx.as_ref().and_then(|t| t.commit_lsn.clone());
-        let accepted = self.filter.accepts(&head);
+        let kind = view.kind().ok();
+        pending.last_tx = view.commit_lsn().map(str::to_owned);
+        let accepted = self.filter.apply(&view) == Verdict::Keep;
         // The encoder learns table columns from schema_change events: feed
         // it every one, delivered or not.
-        if !accepted && head.kind != "schema_change" {
+        if !accepted && kind != Some(EventKind::SchemaChange) {
             return Ok(());
         }
-        let encoded = self.encoder.encode(&rec.payload).map_err(|e| {
+        let encoded = self.encoder.encode_view(&view, &rec.payload).map_err(|e| {
             SinkError::Fatal(format!(
                 "sink {}: cannot encode the event at lsn {} as {}: {e}; choose another format or filter the table out",
                 self.settings.name, rec.lsn, self.settings.format
             ))
         })?;
+        let requery = kind == Some(EventKind::RequeryRequired);
         // `None`: the format does not carry this kind of event.
         let Some(encoded) = encoded.filter(|_| accepted) else {
-            if head.kind == "requery_required" {
+            if requery {
                 // A requery record in the log itself (the log lacks events
                 // before it): never dropped silently.
                 return Err(SinkError::Fatal(format!(
@@ -711,7 +734,7 @@ impl Runner<'_> {
             }
             return Ok(());
         };
-        if head.kind == "requery_required" {
+        if requery {
             self.status.requeries.fetch_add(1, Ordering::Relaxed);
         }
         pending.bytes += encoded.value.as_ref().map_or(0, Vec::len);
@@ -719,7 +742,7 @@ impl Runner<'_> {
         pending.records.push(SinkRecord {
             lsn: rec.lsn,
             id: encoded.id,
-            entity: head.entity,
+            entity: view.entity_opt().map(str::to_owned),
             key: encoded.key,
             // TODO(tombstones): no format emits a `None` value today.
             value: encoded.value.unwrap_or_default(),
@@ -738,19 +761,10 @@ impl Runner<'_> {
         &mut self,
         requested: u64,
         oldest: u64,
-        reason: &str,
+        reason: RequeryReason,
     ) -> Result<SinkRecord, SinkError> {
         let timestamp = now_us();
-        let payload = serde_json::json!({
-            "type": "requery_required",
-            "id": format!("requery:{requested}:{oldest}"),
-            "requested_lsn": requested,
-            "oldest_lsn": oldest,
-            "reason": reason,
-            "timestamp": timestamp,
-        })
-        .to_string()
-        .into_bytes();
+        let payload = RequeryRequired::new(requested, oldest, reason, timestamp).to_json();
         let name = &self.settings.name;
         let format = self.settings.format;
         let fix = format!(

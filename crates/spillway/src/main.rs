@@ -187,7 +187,7 @@ async fn check(config: Option<PathBuf>) -> Result<(), String> {
             .source
             .tables
             .iter()
-            .map(|(t, _)| t.clone())
+            .map(|(t, _)| t.as_str().to_owned())
             .collect(),
     };
     let findings = preflight(&mut conn, &scope)

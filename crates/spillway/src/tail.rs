@@ -1,6 +1,7 @@
 //! `spillway tail`: follow `/v1/changes` of a running Spillway.
 
 use futures_util::StreamExt;
+use spillway_core::query::ChangesQuery;
 use std::io::{IsTerminal, Write};
 
 #[derive(clap::Args)]
@@ -29,7 +30,7 @@ pub(crate) struct TailArgs {
     /// Leave out these entities.
     #[arg(long)]
     exclude_entities: Option<String>,
-    /// Only these operations (comma list of insert, update, delete, truncate).
+    /// Only these operations (comma list of insert, update, delete, truncate, read).
     #[arg(long)]
     operations: Option<String>,
     /// Events per batch.
@@ -115,15 +116,41 @@ mod toml_like {
     }
 }
 
+/// The `/v1/changes` query of the flags: read with the server's own parser
+/// ([`ChangesQuery::parse`]), so a bad flag is the server's one-line error, before any
+/// request is made.
+fn query(args: &TailArgs) -> Result<ChangesQuery, String> {
+    let from_lsn = args.from_lsn.map(|l| l.to_string());
+    let batch_size = args.batch_size.map(|n| n.to_string());
+    let batch_timeout = args.batch_timeout_ms.map(|n| n.to_string());
+    let pairs = [
+        ("from_lsn", from_lsn.as_deref()),
+        ("from_timestamp", args.from_timestamp.as_deref()),
+        ("from", args.from.as_deref()),
+        ("consumer", args.consumer.as_deref()),
+        ("entities", args.entities.as_deref()),
+        ("exclude_entities", args.exclude_entities.as_deref()),
+        ("operations", args.operations.as_deref()),
+        ("batch_size", batch_size.as_deref()),
+        ("batch_timeout_ms", batch_timeout.as_deref()),
+    ];
+    ChangesQuery::parse(pairs.iter().filter_map(|(k, v)| v.map(|v| (*k, v)))).map_err(|e| {
+        format!("spillway tail: {e} (the flags are the parameter names with `-` for `_`)")
+    })
+}
+
 pub(crate) async fn tail(args: TailArgs) -> Result<(), String> {
     let base = base_url(&args);
-    let mut url = format!("{base}/v1/changes");
-    if let Some(l) = args.from_lsn {
-        url.push_str(&format!("?from_lsn={l}"));
-    } else if let Some(f) = &args.from {
-        url.push_str(&format!("?from={f}"));
+    let url = format!("{base}/v1/changes?{}", query(&args)?.to_query_string());
+    let token = args
+        .token
+        .clone()
+        .or_else(|| config_token(args.config.as_deref()));
+    let mut request = reqwest::Client::new().get(&url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
     }
-    let resp = reqwest::Client::new().get(&url).send().await.map_err(|e| {
+    let resp = request.send().await.map_err(|e| {
         format!("cannot reach spillway at {base}: {e}; is `spillway run` running there?")
     })?;
     if !resp.status().is_success() {

@@ -26,12 +26,12 @@
 use std::fmt::Write as _;
 
 use super::json::{write_key, write_str};
-use super::native::{Kind, NativeEvent};
 use super::{EncodeError, KeyValue};
+use crate::event::{EventKind as Kind, EventView};
 use crate::Operation;
 
 /// Encodes one event; `None` for events the format does not carry.
-pub(crate) fn encode(ev: &NativeEvent<'_>, kind: Kind) -> Result<Option<KeyValue>, EncodeError> {
+pub(crate) fn encode(ev: &EventView<'_>, kind: Kind) -> Result<Option<KeyValue>, EncodeError> {
     let mut out = String::with_capacity(256);
     match kind {
         Kind::Change => {
@@ -46,7 +46,7 @@ pub(crate) fn encode(ev: &NativeEvent<'_>, kind: Kind) -> Result<Option<KeyValue
             out.push_str(",\"type\":\"documentChanged\",\"collection\":");
             write_str(&mut out, &ev.entity()?);
             out.push_str(",\"change\":{\"method\":");
-            let write_row = |out: &mut String, row: Option<&super::native::Row<'_>>| match row {
+            let write_row = |out: &mut String, row: Option<&crate::event::Row<'_>>| match row {
                 Some(r) => r.write_json(out),
                 None => out.push_str("null"),
             };

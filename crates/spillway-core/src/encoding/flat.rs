@@ -15,15 +15,15 @@
 //!   the format has no way to say them; a sink must handle `requery_required` itself.
 
 use super::json::{write_key, write_str};
-use super::native::{Kind, NativeEvent, Row};
-use super::time::rfc3339_micros;
 use super::uuid::event_uuid;
 use super::{EncodeError, KeyValue};
+use crate::event::{EventKind as Kind, EventView, Row};
+use crate::time::rfc3339_micros;
 use crate::Operation;
 
 /// Encodes one event; `None` for events the format does not carry.
 pub(crate) fn encode(
-    ev: &NativeEvent<'_>,
+    ev: &EventView<'_>,
     kind: Kind,
     id: &str,
 ) -> Result<Option<KeyValue>, EncodeError> {

@@ -43,16 +43,14 @@
 pub mod debezium;
 pub mod document;
 pub mod flat;
-mod json;
-mod native;
-mod time;
-pub use time::utc_date;
+pub(crate) mod json;
+pub use crate::time::utc_date;
 pub mod uuid;
 
 use std::fmt;
 use std::str::FromStr;
 
-use self::native::{Kind, NativeEvent};
+use crate::event::{EventKind as Kind, EventView, MalformedEvent};
 
 /// A message as the format modules produce it: key and value bytes.
 pub(crate) type KeyValue = (Option<Vec<u8>>, Vec<u8>);
@@ -226,6 +224,19 @@ pub enum EncodeError {
     },
 }
 
+impl From<MalformedEvent> for EncodeError {
+    fn from(e: MalformedEvent) -> Self {
+        EncodeError::Malformed(e.0)
+    }
+}
+
+/// Parses PostgreSQL's `X/Y` LSN text of an event field.
+pub(crate) fn parse_pg_lsn(text: &str) -> Result<u64, EncodeError> {
+    crate::lsn::parse_pg_lsn(text).ok_or_else(|| {
+        EncodeError::Malformed(format!("{text:?} is not a PostgreSQL LSN (X/Y in hex)"))
+    })
+}
+
 impl fmt::Display for EncodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let one_line = |s: &str| s.replace(['\n', '\r'], " ");
@@ -296,7 +307,19 @@ impl Encoder {
     /// [`EncodeError`] if `native` is not a native event or a value does not match its
     /// column type.
     pub fn encode(&mut self, native: &[u8]) -> Result<Option<Encoded>, EncodeError> {
-        let ev = NativeEvent::parse(native)?;
+        self.encode_view(&EventView::parse(native)?, native)
+    }
+
+    /// Encodes an event already parsed into `ev` from `native` (the sink runtime parses
+    /// each event once, for its filter and transforms, then hands the view here).
+    ///
+    /// # Errors
+    /// As [`Encoder::encode`].
+    pub fn encode_view(
+        &mut self,
+        ev: &EventView<'_>,
+        native: &[u8],
+    ) -> Result<Option<Encoded>, EncodeError> {
         let kind = ev.kind()?;
         if kind == Kind::Heartbeat {
             return Ok(None);
@@ -311,9 +334,9 @@ impl Encoder {
                 };
                 Some((key, native.to_vec()))
             }
-            State::Debezium(dbz) => dbz.encode(&ev, kind)?,
-            State::Document => document::encode(&ev, kind)?,
-            State::Flat => flat::encode(&ev, kind, &id)?,
+            State::Debezium(dbz) => dbz.encode(ev, kind)?,
+            State::Document => document::encode(ev, kind)?,
+            State::Flat => flat::encode(ev, kind, &id)?,
         };
         Ok(out.map(|(key, value)| Encoded {
             key,

@@ -14,7 +14,6 @@
 pub mod changes;
 pub mod consumers;
 pub mod metrics;
-mod time;
 
 use crate::config::Secret;
 use axum::extract::{Request, State};
@@ -24,8 +23,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
+use spillway_core::status::SourceStatus;
 use spillway_log::ChangeLog;
-use spillway_postgres::capture::SourceStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -147,12 +146,7 @@ async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-pub(crate) fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
+pub(crate) use spillway_core::time::now_us;
 
 /// The body of `GET /v1/status`.
 pub fn status_json(state: &ApiState) -> serde_json::Value {

@@ -1364,3 +1364,91 @@ async fn max_bytes_holds_while_the_log_grows() {
     running.shutdown();
     running.wait().await.unwrap();
 }
+
+/// `spillway tail` sends every flag it takes (it used to send only the start position)
+/// and the token, and refuses a bad flag before any request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_applies_its_filters_and_the_token() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let pg = cluster(SCHEMA).await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_with(&pg, dir.path(), "", "token = \"t0ps3cret\"").await;
+    pg.execute(
+        "shop",
+        "INSERT INTO bank.holding VALUES (1, 'a');
+         INSERT INTO commerce.users VALUES (1, 'a');
+         UPDATE bank.holding SET v = 'b';
+         INSERT INTO commerce.users VALUES (2, 'b');
+         DELETE FROM bank.holding;
+         INSERT INTO commerce.users VALUES (3, 'c');",
+    )
+    .await
+    .unwrap();
+    read_until(&running.log, 1, count_changes(6)).await;
+    let url = format!("http://{}", running.addr);
+    let tail = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_spillway"));
+        cmd.args(["tail", "--url", &url, "--json"])
+            .args(args)
+            .env_remove("SPILLWAY_API_TOKEN");
+        cmd
+    };
+    let mut child = tail(&[
+        "--from",
+        "beginning",
+        "--entities",
+        "commerce.*",
+        "--exclude-entities",
+        "products",
+        "--operations",
+        "insert",
+        "--token",
+        "t0ps3cret",
+    ])
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut reader = BufReader::new(child.stdout.take().unwrap());
+        let mut got: Vec<Value> = Vec::new();
+        // The filtered stream: users' schema_change, then its three inserts.
+        while got.len() < 4 {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap() == 0 {
+                break;
+            }
+            got.push(serde_json::from_str(&line).unwrap());
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        got
+    })
+    .await
+    .unwrap();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines[0]["type"], "schema_change");
+    for l in &lines {
+        assert_eq!(l["entity"], "commerce.users", "{l}");
+    }
+    let ops: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l["operation"].as_str().unwrap())
+        .collect();
+    assert_eq!(ops, ["insert", "insert", "insert"]);
+
+    // Without the token: the server's 401, one line.
+    let out = tail(&["--from", "beginning"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("401"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // A bad flag: named, before any request.
+    let out = tail(&["--operations", "upsert"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown operation `upsert`"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    running.shutdown();
+    running.wait().await.unwrap();
+}

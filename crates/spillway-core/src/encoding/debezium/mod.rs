@@ -67,8 +67,9 @@ use serde_json::value::RawValue;
 use self::types::{default_json, DbzType};
 use self::values::{write_unavailable, write_value};
 use super::json::{write_base64, write_key, write_str};
-use super::native::{parse_pg_lsn, ColumnDef, Kind, NativeEvent, Row};
+use super::parse_pg_lsn;
 use super::{EncodeError, EncoderOptions, KeyValue, PayloadTime};
+use crate::event::{ColumnView as ColumnDef, EventKind as Kind, EventView, Row};
 use crate::Operation;
 
 /// `source.version` of Spillway's Debezium events.
@@ -295,7 +296,7 @@ impl Debezium {
 
     pub(crate) fn encode(
         &mut self,
-        ev: &NativeEvent<'_>,
+        ev: &EventView<'_>,
         kind: Kind,
     ) -> Result<Option<KeyValue>, EncodeError> {
         match kind {
@@ -321,7 +322,7 @@ impl Debezium {
         }
     }
 
-    fn change(&mut self, ev: &NativeEvent<'_>) -> Result<KeyValue, EncodeError> {
+    fn change(&mut self, ev: &EventView<'_>) -> Result<KeyValue, EncodeError> {
         let op = ev.operation()?;
         let (schema, table_name) = (ev.schema()?, ev.table()?);
         let entity = ev.entity()?;
@@ -438,7 +439,7 @@ impl Debezium {
         Ok((key, out.into_bytes()))
     }
 
-    fn message(&self, ev: &NativeEvent<'_>) -> Result<KeyValue, EncodeError> {
+    fn message(&self, ev: &EventView<'_>) -> Result<KeyValue, EncodeError> {
         let commit = Instant3::from_micros(ev.timestamp()?);
         let payload_time = self.payload_time(commit);
         let prefix = ev.prefix.as_deref();
@@ -496,7 +497,7 @@ impl Debezium {
     fn write_source(
         &self,
         out: &mut String,
-        ev: &NativeEvent<'_>,
+        ev: &EventView<'_>,
         schema: &str,
         table: &str,
         snapshot: &str,

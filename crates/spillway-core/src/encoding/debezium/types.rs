@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 
 use super::super::json::{write_key, write_str};
-use super::super::time::{self, Date, TimeOfDay};
+use crate::time::{self, Date, TimeOfDay};
 
 /// How one column is represented in Debezium's value and schema.
 #[derive(Debug, Clone, PartialEq, Eq)]

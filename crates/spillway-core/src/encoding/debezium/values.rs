@@ -16,8 +16,8 @@ use std::fmt::Write as _;
 use serde_json::value::RawValue;
 
 use super::super::json::{is_null, raw_str, write_base64, write_compact, write_str};
-use super::super::time::{self, TimeOfDay};
 use super::types::DbzType;
+use crate::time::{self, TimeOfDay};
 
 /// Debezium's default `unavailable.value.placeholder`.
 pub(crate) const UNAVAILABLE: &str = "__debezium_unavailable_value";
