@@ -58,7 +58,7 @@ async fn run() -> Result<(), Box<dyn Error>> {
     let written = last_written_lsn(path)?;
     let mut file = OpenOptions::new().create(true).append(true).open(path)?;
     // Resume after the server-side checkpoint (the beginning on the first run).
-    let mut stream = client
+    let stream = client
         .stream_changes()
         .consumer(CONSUMER)
         .batch_size(1000)
@@ -70,10 +70,9 @@ async fn run() -> Result<(), Box<dyn Error>> {
     );
 
     loop {
-        let batch = stream.next_batch().await?;
-        if batch.is_empty() {
+        let Some(batch) = stream.next_item_batch().await? else {
             return Ok(());
-        }
+        };
         let mut out = Vec::new();
         let mut entries = 0;
         for item in &batch {

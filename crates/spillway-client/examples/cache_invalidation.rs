@@ -67,7 +67,7 @@ async fn run() -> Result<(), Box<dyn Error>> {
     }
     let mut cache = Cache::default();
 
-    let mut stream = client
+    let stream = client
         .stream_changes()
         .entities(entities.split(','))
         .operations([Operation::Update, Operation::Delete, Operation::Truncate])
@@ -78,10 +78,9 @@ async fn run() -> Result<(), Box<dyn Error>> {
 
     loop {
         // One round of evictions per server flush.
-        let batch = stream.next_batch().await?;
-        if batch.is_empty() {
+        let Some(batch) = stream.next_item_batch().await? else {
             return Ok(()); // the stream ended (only with reconnect(false))
-        }
+        };
         for item in batch {
             match item {
                 StreamItem::Change(change) => match (change.operation, &change.entity_id) {

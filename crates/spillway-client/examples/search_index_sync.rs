@@ -127,7 +127,7 @@ async fn run() -> Result<(), Box<dyn Error>> {
     };
     index.rebuild(&entity).await?;
 
-    let mut stream = client
+    let stream = client
         .stream_changes()
         .consumer(CONSUMER)
         .entities([entity.as_str()])
@@ -136,7 +136,7 @@ async fn run() -> Result<(), Box<dyn Error>> {
 
     let mut since_checkpoint = 0u64;
     let mut counts: HashMap<Operation, u64> = HashMap::new();
-    while let Some(item) = stream.next().await? {
+    while let Some(item) = stream.next_item().await? {
         match item {
             StreamItem::Change(change) => {
                 *counts.entry(change.operation).or_default() += 1;

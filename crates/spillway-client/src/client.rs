@@ -2,7 +2,6 @@
 //! (status, checkpoints, consumers).
 
 use crate::error::{Error, Result};
-use crate::stream::ChangeStreamBuilder;
 use reqwest::header::{HeaderValue, ACCEPT, CONTENT_TYPE};
 use reqwest::{Method, StatusCode, Url};
 use serde::{Deserialize, Serialize};
@@ -125,12 +124,6 @@ impl Client {
     /// The server address.
     pub fn url(&self) -> &str {
         self.base.as_str()
-    }
-
-    /// Starts building a change stream; finish with `.await` (or
-    /// [`ChangeStreamBuilder::start`]). See the [crate docs](crate) for the semantics.
-    pub fn stream_changes(&self) -> ChangeStreamBuilder {
-        ChangeStreamBuilder::new(self.clone())
     }
 
     /// `GET /v1/status`.

@@ -75,6 +75,19 @@ pub enum Error {
         /// The last attempt's error.
         last: Box<Error>,
     },
+    /// Events are missing before the next one (`requery_required`: retention trimmed
+    /// them, or the server's log was repaired or restored): rebuild the consumer's state
+    /// from the source tables, then go on — the stream continues at `oldest_lsn` with the
+    /// next call. Only the row-change calls ([`ChangeStream::next`](crate::ChangeStream::next),
+    /// [`next_batch`](crate::ChangeStream::next_batch), the `Stream` and `Iterator` impls)
+    /// return it; the item calls yield [`StreamItem::RequeryRequired`](crate::StreamItem::RequeryRequired).
+    #[error("events {requested_lsn}..{oldest_lsn} are missing from the change log (requery_required): rebuild from the source tables; the stream continues at lsn {oldest_lsn}")]
+    RequeryRequired {
+        /// The lsn the stream asked for.
+        requested_lsn: u64,
+        /// The next event has this lsn or a later one.
+        oldest_lsn: u64,
+    },
     /// Nothing at all (not even a heartbeat) arrived for this long on a change stream
     /// ([`ChangeStreamBuilder::idle_timeout`](crate::ChangeStreamBuilder::idle_timeout)).
     #[error("no data from the server for {0:?} (no heartbeat either)")]
@@ -91,6 +104,11 @@ impl Error {
             Error::GaveUp { last, .. } => last.status(),
             _ => None,
         }
+    }
+
+    /// Whether this is [`Error::RequeryRequired`].
+    pub fn is_requery(&self) -> bool {
+        matches!(self, Error::RequeryRequired { .. })
     }
 
     /// Whether trying again later can help: transport failures, 5xx, 408 and 429. Other

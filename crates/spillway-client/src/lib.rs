@@ -2,7 +2,7 @@
 //! events, resume after failures, and keep named checkpoints on the server.
 //!
 //! ```no_run
-//! use spillway_client::{Client, Operation, StreamItem};
+//! use spillway_client::{Client, Operation};
 //!
 //! # async fn run() -> Result<(), spillway_client::Error> {
 //! let client = Client::new("http://127.0.0.1:7654")?; // .with_token("…") when api.token is set
@@ -12,27 +12,31 @@
 //!     .entities(["commerce.product", "commerce.category"])
 //!     .operations([Operation::Insert, Operation::Update, Operation::Delete])
 //!     .await?;
-//! while let Some(item) = stream.next().await? {
-//!     match item {
-//!         StreamItem::Change(change) => {
-//!             println!("{} {:?} {:?}", change.entity, change.operation, change.entity_id);
-//!             client.checkpoint("search-sync", change.lsn).await?;
-//!         }
-//!         StreamItem::SchemaChange(_) | StreamItem::Message(_) => {}
-//!         StreamItem::RequeryRequired { oldest_lsn, .. } => {
-//!             // Events before `oldest_lsn` are gone: rebuild from the tables, then go on.
-//!             println!("rebuild needed; the stream continues at lsn {oldest_lsn}");
-//!         }
+//! while let Some(change) = stream.next().await? {
+//!     match change.operation {
+//!         Operation::Insert | Operation::Read => println!("new {}: {:?}", change.entity, change.entity_id),
+//!         Operation::Update => println!("updated {}: {:?}", change.entity, change.entity_id),
+//!         Operation::Delete => println!("deleted {}: {:?}", change.entity, change.entity_id),
+//!         Operation::Truncate => println!("{} emptied", change.entity),
 //!     }
+//!     client.checkpoint("search-sync", change.lsn).await?;
 //! }
 //! # Ok(())
 //! # }
 //! ```
 //!
+//! `next()` yields row changes. When events are missing before the next one (retention
+//! trimmed them, the log was repaired) it returns [`Error::RequeryRequired`] — the `?`
+//! above ends the loop rather than skip silently; rebuild from the tables and call
+//! `next()` again to go on. [`ChangeStream::next_item`] yields every item instead
+//! (schema changes, logical messages, the requery as a [`StreamItem`]).
+//! [`ChangeStream`] is also a [`futures_util::Stream`] of `Result<ChangeEvent>`, and a
+//! blocking iterator ([`Changes`]: `for change in stream`) on a multi-threaded runtime.
+//!
 //! Batches, as the server flushes them (`batch_size`, `batch_timeout`):
 //!
 //! ```no_run
-//! # use spillway_client::{Client, StreamItem};
+//! # use spillway_client::{Client, Operation};
 //! # use std::time::Duration;
 //! # async fn run(client: Client) -> Result<(), spillway_client::Error> {
 //! let mut stream = client
@@ -41,14 +45,28 @@
 //!     .batch_size(100)
 //!     .batch_timeout(Duration::from_secs(1))
 //!     .await?;
-//! loop {
-//!     let batch = stream.next_batch().await?; // non-empty: this stream reconnects forever
-//!     let changes: Vec<_> = batch.iter().filter_map(StreamItem::as_change).collect();
-//!     println!("{} changes", changes.len());
-//!     if let Some(lsn) = stream.last_lsn() {
-//!         client.checkpoint("bulk-indexer", lsn).await?;
+//! while let Some(batch) = stream.next_batch().await? {
+//!     let inserts: Vec<_> = batch.iter().filter(|c| c.operation == Operation::Insert).collect();
+//!     println!("{} inserts", inserts.len());
+//!     if let Some(last) = batch.last() {
+//!         client.checkpoint("bulk-indexer", last.lsn).await?;
 //!     }
 //! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Everything so far, then stop ([`ChangeStreamBuilder::until_caught_up`]):
+//!
+//! ```no_run
+//! # async fn run(client: spillway_client::Client) -> Result<(), spillway_client::Error> {
+//! let mut stream = client.stream_changes().from_beginning().until_caught_up().await?;
+//! let mut n = 0;
+//! while let Some(_change) = stream.next().await? {
+//!     n += 1;
+//! }
+//! println!("{n} changes in the log");
+//! # Ok(())
 //! # }
 //! ```
 //!
@@ -63,10 +81,12 @@
 //! | `.from_beginning()` | the oldest event still retained |
 //! | `.consumer("name")` | the server-side checkpoint of `name` + 1 (the beginning if it has none) |
 //!
-//! A position that is no longer retained yields [`StreamItem::RequeryRequired`] first;
-//! the stream then continues at its `oldest_lsn`. Filters (`entities`,
-//! `exclude_entities`, `operations`) are applied by the server, so a filtered stream
-//! skips lsns.
+//! A position that is no longer retained yields [`Error::RequeryRequired`]
+//! ([`StreamItem::RequeryRequired`] from the item calls) first; the stream then continues
+//! at its `oldest_lsn`. Filters (`entities`, `exclude_entities`, `operations`) are applied
+//! by the server, so a filtered stream skips lsns; the server's heartbeats say how far it
+//! has read, so [`ChangeStream::last_lsn`] reaches the log's end when a filtered consumer
+//! is caught up.
 //!
 //! # Reconnection
 //!
@@ -126,8 +146,14 @@ mod stream;
 
 pub use client::{Checkpoint, Client, ConsumerInfo, ServerStatus};
 pub use error::{Error, Result};
-pub use stream::{ChangeStream, ChangeStreamBuilder, StreamItem, Timestamp};
+pub use stream::{ChangeStream, ChangeStreamBuilder, Changes, StreamItem, Timestamp};
 
 pub use spillway_core::{
-    ChangeEvent, ColumnInfo, Event, MessageEvent, Operation, SchemaChangeEvent, SourceInfo, TxInfo,
+    ChangeEvent, ColumnInfo, Event, MessageEvent, Operation, RequeryReason, SchemaChangeEvent,
+    SourceInfo, TxInfo,
 };
+
+/// Reference 004 imports the stream from a `cdc` module; the same types, by that path.
+pub mod cdc {
+    pub use crate::{ChangeEvent, ChangeStream, ChangeStreamBuilder, Operation, StreamItem};
+}

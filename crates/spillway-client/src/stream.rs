@@ -1,5 +1,9 @@
 //! Change streams: [`ChangeStreamBuilder`] (where to start, what to receive) and
-//! [`ChangeStream`] (typed items, batches, automatic resume).
+//! [`ChangeStream`] (row changes, or every item; batches; automatic resume).
+//!
+//! The stream's state lives in `Inner`, driven by one boxed future at a time that owns
+//! it; [`ChangeStream`] keeps that future across calls, which is what makes every
+//! method cancellation safe and lets it implement [`futures_util::Stream`].
 
 use crate::client::{ok_or_error, Client};
 use crate::error::{Error, Result};
@@ -7,14 +11,15 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{Method, Url};
+use spillway_core::pattern::TablePattern;
+use spillway_core::query::{parse_epoch, ChangesQuery, Start, DEFAULT_BATCH_SIZE};
 use spillway_core::{ChangeEvent, Event, MessageEvent, Operation, SchemaChangeEvent};
 use std::collections::VecDeque;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The server's default `batch_size`: the most items one batch holds when none is set.
-const DEFAULT_BATCH_SIZE: usize = 1000;
 /// Default for [`ChangeStreamBuilder::idle_timeout`]: the server sends a heartbeat every
 /// ~10 s on an idle stream, so this much silence means the connection is dead.
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
@@ -106,20 +111,10 @@ impl From<i64> for Timestamp {
     }
 }
 
-/// Where a stream starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Start {
-    Now,
-    Beginning,
-    Lsn(u64),
-    Timestamp(i64),
-    Consumer(String),
-}
-
 #[derive(Debug, Clone)]
 struct Options {
-    entities: Vec<String>,
-    exclude_entities: Vec<String>,
+    entities: Vec<TablePattern>,
+    exclude_entities: Vec<TablePattern>,
     operations: Vec<Operation>,
     batch_size: Option<usize>,
     batch_timeout: Option<Duration>,
@@ -128,6 +123,16 @@ struct Options {
     idle_timeout: Duration,
     backoff_initial: Duration,
     backoff_max: Duration,
+    /// End the stream once everything committed when it opened was read.
+    until_caught_up: bool,
+}
+
+impl Client {
+    /// Starts building a change stream; finish with `.await` (or
+    /// [`ChangeStreamBuilder::start`]). See the [crate docs](crate) for the semantics.
+    pub fn stream_changes(&self) -> ChangeStreamBuilder {
+        ChangeStreamBuilder::new(self.clone())
+    }
 }
 
 /// Configures a change stream; made by [`Client::stream_changes`]. Finish it with
@@ -164,6 +169,7 @@ impl ChangeStreamBuilder {
                 idle_timeout: DEFAULT_IDLE_TIMEOUT,
                 backoff_initial: DEFAULT_BACKOFF_INITIAL,
                 backoff_max: DEFAULT_BACKOFF_MAX,
+                until_caught_up: false,
             },
             error: None,
         }
@@ -174,15 +180,11 @@ impl ChangeStreamBuilder {
         self
     }
 
-    /// Starts at lsn `lsn`, inclusive (lsns start at 1).
+    /// Starts at lsn `lsn`, inclusive. Lsns start at 1, so `from_lsn(0)` (a consumer
+    /// with no checkpoint yet, as reference 004 writes it) starts at lsn 1: the first
+    /// there ever was — if retention has removed it, the stream says so with a requery.
     pub fn from_lsn(mut self, lsn: u64) -> Self {
-        if lsn == 0 {
-            return self.fail(
-                "from_lsn(0): lsns start at 1; use from_beginning(), or after_lsn(checkpoint)"
-                    .into(),
-            );
-        }
-        self.start = Start::Lsn(lsn);
+        self.start = Start::Lsn(lsn.max(1));
         self
     }
 
@@ -297,6 +299,15 @@ impl ChangeStreamBuilder {
         self
     }
 
+    /// Reads everything committed up to the moment the stream opens, then ends:
+    /// [`next`](ChangeStream::next) returns `Ok(None)` once the stream has passed that
+    /// point (reference 004's audit-log loop, an export, a test). With filters, the
+    /// lsns the filter skips count as passed: the server says how far it has read.
+    pub fn until_caught_up(mut self) -> Self {
+        self.opts.until_caught_up = true;
+        self
+    }
+
     /// Whether to reconnect by itself when the connection breaks (default `true`). With
     /// `false`, a broken connection is an error and a server that ends the stream ends
     /// it for the caller too.
@@ -344,13 +355,20 @@ impl ChangeStreamBuilder {
                     .into(),
             ));
         }
-        let start = match self.start {
+        let needs_status = self.start == Start::Now || self.opts.until_caught_up;
+        let current = if needs_status {
+            Some(self.client.status().await?.current_lsn)
+        } else {
+            None
+        };
+        let start = match (self.start, current) {
             // Pin "now" to a position so that a reconnect before the first event neither
             // misses what was committed meanwhile nor depends on when it happens.
-            Start::Now => Start::Lsn(self.client.status().await?.current_lsn + 1),
-            other => other,
+            (Start::Now, Some(current)) => Start::Lsn(current + 1),
+            (other, _) => other,
         };
-        let mut stream = ChangeStream {
+        let client = self.client.clone();
+        let mut inner = Inner {
             client: self.client,
             start,
             backoff: self.opts.backoff_initial,
@@ -359,15 +377,30 @@ impl ChangeStreamBuilder {
             epoch: self.epoch,
             epoch_start: None,
             last_received: None,
-            last_delivered: None,
+            end_at: None,
+            server_current: None,
             conn: None,
             queue: VecDeque::new(),
             pending: VecDeque::new(),
             ended: false,
             reconnects: 0,
         };
-        stream.conn = Some(open(&stream.client, stream.url(), stream.opts.idle_timeout).await?);
-        Ok(stream)
+        if inner.opts.until_caught_up {
+            inner.end_at = current;
+        }
+        inner.conn = Some(open(&inner.client, inner.url(), inner.opts.idle_timeout).await?);
+        Ok(ChangeStream {
+            state: std::sync::Mutex::new(State {
+                view: inner.view(),
+                inner: Some(Box::new(inner)),
+                fut: None,
+                waiters: Vec::new(),
+                ready: VecDeque::new(),
+                last_delivered: None,
+                error: None,
+            }),
+            client,
+        })
     }
 }
 
@@ -380,7 +413,7 @@ impl IntoFuture for ChangeStreamBuilder {
     }
 }
 
-fn entity_list<I, S>(entities: I) -> std::result::Result<Vec<String>, String>
+fn entity_list<I, S>(entities: I) -> std::result::Result<Vec<TablePattern>, String>
 where
     I: IntoIterator<Item = S>,
     S: Into<String>,
@@ -389,26 +422,9 @@ where
         .into_iter()
         .map(|e| {
             let e: String = e.into();
-            let t = e.trim();
-            if t.is_empty() || t.contains(',') {
-                Err(format!(
-                    "entity pattern `{e}`: give one non-empty `schema.table` or `table` per item"
-                ))
-            } else {
-                Ok(t.to_string())
-            }
+            TablePattern::parse(e.trim()).map_err(|bad| format!("entities: {bad}"))
         })
         .collect()
-}
-
-fn operation_name(op: Operation) -> &'static str {
-    match op {
-        Operation::Insert => "insert",
-        Operation::Update => "update",
-        Operation::Delete => "delete",
-        Operation::Truncate => "truncate",
-        Operation::Read => "read",
-    }
 }
 
 /// Sends `GET /v1/changes` and checks the answer's status and type; the answer's head
@@ -460,22 +476,26 @@ struct Conn {
     epoch_start: Option<u64>,
 }
 
+/// One element of a received batch: an item, or how far the server had read the log
+/// when it sent a heartbeat (everything up to there was sent or filtered out).
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // items are the common case; boxing each would cost more
+enum Piece {
+    Item(StreamItem),
+    Scanned(u64),
+}
+
 /// What the stream has ready for the caller, in order.
 enum Entry {
     /// A batch as the server flushed it (or the rest of one).
-    Batch(VecDeque<StreamItem>),
+    Batch(VecDeque<Piece>),
     /// An error to report at this point (a line that does not parse; with reconnect
     /// off, the reason the connection ended).
     Failed(Error),
 }
 
-/// An open change stream: typed items in lsn order, resumed automatically after a broken
-/// connection. Made by [`ChangeStreamBuilder`]. See the [crate docs](crate) for the
-/// reconnection semantics.
-///
-/// [`next`](Self::next) and [`next_batch`](Self::next_batch) are cancellation safe: a
-/// call dropped before it returns (in `tokio::select!`, under a timeout) loses nothing.
-pub struct ChangeStream {
+/// The state of a change stream (see the module docs).
+struct Inner {
     client: Client,
     /// The original start (with "now" resolved to an lsn).
     start: Start,
@@ -487,161 +507,101 @@ pub struct ChangeStream {
     epoch: Option<String>,
     /// The first lsn of `epoch`, when known.
     epoch_start: Option<u64>,
-    /// The lsn of the last event received (delivered or queued).
+    /// The lsn of the last event received, or the last position a heartbeat said was
+    /// read (delivered or queued).
     last_received: Option<u64>,
-    /// The lsn of the last event handed to the caller.
-    last_delivered: Option<u64>,
+    /// With `until_caught_up`: the log's last lsn when the stream opened.
+    end_at: Option<u64>,
+    /// The log's last committed lsn, as the last heartbeat said.
+    server_current: Option<u64>,
     conn: Option<Conn>,
     queue: VecDeque<Entry>,
     /// Complete events of the batch being received.
-    pending: VecDeque<StreamItem>,
+    pending: VecDeque<Piece>,
     backoff: Duration,
     ended: bool,
     reconnects: u64,
 }
 
-impl std::fmt::Debug for ChangeStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChangeStream")
-            .field("url", &self.client.url())
-            .field("start", &self.start)
-            .field("last_lsn", &self.last_delivered)
-            .field("resume_at", &self.resume_at)
-            .field("connected", &self.conn.is_some())
-            .field("reconnects", &self.reconnects)
-            .finish_non_exhaustive()
-    }
+/// What [`ChangeStream`]'s accessors report, copied out of `Inner` after every call.
+#[derive(Debug, Clone, Default)]
+struct View {
+    epoch: Option<String>,
+    reconnects: u64,
+    server_current: Option<u64>,
+    url: String,
 }
 
-impl ChangeStream {
-    /// The next item; `Ok(None)` only when the stream has ended for good, which happens
-    /// only with [`reconnect(false)`](ChangeStreamBuilder::reconnect). Waits as long as
-    /// it takes (use `tokio::time::timeout` for a deadline).
-    ///
-    /// An `Err` is either final for this call (the server rejected a reconnection, e.g.
-    /// 401; [`Error::GaveUp`]) — calling again tries again — or a line that does not
-    /// parse ([`Error::Decode`]), after which the stream goes on with the next line.
-    pub async fn next(&mut self) -> Result<Option<StreamItem>> {
-        loop {
-            match self.queue.front_mut() {
-                Some(Entry::Batch(batch)) => {
-                    let item = batch.pop_front();
-                    if batch.is_empty() {
-                        self.queue.pop_front();
-                    }
-                    if let Some(item) = item {
-                        if let Some(lsn) = item.lsn() {
-                            self.last_delivered = Some(lsn);
-                        }
-                        return Ok(Some(item));
-                    }
-                }
-                Some(Entry::Failed(_)) => {
-                    if let Some(Entry::Failed(e)) = self.queue.pop_front() {
-                        return Err(e);
-                    }
-                }
-                None if self.ended => return Ok(None),
-                None => self.fill().await?,
-            }
+impl Inner {
+    fn view(&self) -> View {
+        View {
+            epoch: self.epoch.clone(),
+            reconnects: self.reconnects,
+            server_current: self.server_current,
+            url: self.client.url().to_string(),
         }
     }
 
-    /// The next batch: the events the server flushed together (at most
-    /// [`batch_size`](ChangeStreamBuilder::batch_size); if [`next`](Self::next) already
-    /// took some, the rest). A [`StreamItem::RequeryRequired`] is always alone in its
-    /// batch. Empty only when the stream has ended for good (see [`next`](Self::next)).
-    ///
-    /// Batch boundaries are those of the server's writes as far as HTTP preserves them: a
-    /// batch never holds events of two server batches, but a large server batch can
-    /// arrive as two.
-    pub async fn next_batch(&mut self) -> Result<Vec<StreamItem>> {
+    /// The last lsn this stream has passed: received, or skipped by the server's filter.
+    fn position(&self) -> Option<u64> {
+        self.last_received.or(match self.start {
+            Start::Lsn(l) => l.checked_sub(1),
+            _ => None,
+        })
+    }
+
+    fn caught_up(&self) -> bool {
+        self.end_at
+            .is_some_and(|end| self.position().unwrap_or(0) >= end)
+    }
+
+    /// The next batch as received (or the error in its place); `None` once the stream
+    /// has ended for good.
+    async fn next_pieces(&mut self) -> Result<Option<VecDeque<Piece>>> {
         loop {
             match self.queue.pop_front() {
                 Some(Entry::Batch(batch)) => {
-                    if batch.is_empty() {
-                        continue;
+                    if !batch.is_empty() {
+                        return Ok(Some(batch));
                     }
-                    let batch: Vec<StreamItem> = batch.into();
-                    if let Some(lsn) = batch.iter().rev().find_map(StreamItem::lsn) {
-                        self.last_delivered = Some(lsn);
-                    }
-                    return Ok(batch);
                 }
                 Some(Entry::Failed(e)) => return Err(e),
-                None if self.ended => return Ok(Vec::new()),
+                None if self.ended || self.caught_up() => return Ok(None),
                 None => self.fill().await?,
             }
         }
     }
 
-    /// The lsn of the last event handed out by [`next`](Self::next) or
-    /// [`next_batch`](Self::next_batch) (`None` before the first). Store it as a
-    /// checkpoint once the event is processed.
-    pub fn last_lsn(&self) -> Option<u64> {
-        self.last_delivered
-    }
-
-    /// The server's log epoch the stream's position belongs to (`None` before the
-    /// first line, or from a server without epochs). Store it with a checkpoint and
-    /// pass it back with [`ChangeStreamBuilder::log_epoch`].
-    pub fn log_epoch(&self) -> Option<&str> {
-        self.epoch.as_deref()
-    }
-
-    /// How many times the stream has reconnected.
-    pub fn reconnects(&self) -> u64 {
-        self.reconnects
-    }
-
-    /// The client the stream was made with (for checkpoints).
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// The `/v1/changes` query for the current position.
+    fn query(&self) -> ChangesQuery {
+        let start = match self.resume_at {
+            Some(lsn) => Start::Lsn(lsn),
+            None => self.start.clone(),
+        };
+        let epoch = match start {
+            Start::Lsn(_) => self.epoch.as_deref().and_then(parse_epoch),
+            _ => None,
+        };
+        let o = &self.opts;
+        ChangesQuery {
+            start,
+            epoch,
+            entities: o.entities.clone(),
+            exclude_entities: o.exclude_entities.clone(),
+            operations: (!o.operations.is_empty()).then(|| o.operations.clone()),
+            batch_size: o.batch_size,
+            batch_timeout_ms: o
+                .batch_timeout
+                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            // Reading to the end: the server's heartbeat says at once where it is.
+            heartbeat_ms: o.until_caught_up.then_some(100),
+        }
     }
 
     /// The `/v1/changes` URL for the current position.
     fn url(&self) -> Url {
         let mut url = self.client.endpoint(&["v1", "changes"]);
-        {
-            let mut q = url.query_pairs_mut();
-            match (self.resume_at, &self.start) {
-                (Some(lsn), _) => {
-                    q.append_pair("from_lsn", &lsn.to_string());
-                    if let Some(epoch) = &self.epoch {
-                        q.append_pair("epoch", epoch);
-                    }
-                    &mut q
-                }
-                (None, &Start::Lsn(lsn)) => {
-                    q.append_pair("from_lsn", &lsn.to_string());
-                    if let Some(epoch) = &self.epoch {
-                        q.append_pair("epoch", epoch);
-                    }
-                    &mut q
-                }
-                (None, Start::Timestamp(us)) => q.append_pair("from_timestamp", &us.to_string()),
-                (None, Start::Beginning) => q.append_pair("from", "beginning"),
-                (None, Start::Now) => q.append_pair("from", "now"),
-                (None, Start::Consumer(name)) => q.append_pair("consumer", name),
-            };
-            let o = &self.opts;
-            if !o.entities.is_empty() {
-                q.append_pair("entities", &o.entities.join(","));
-            }
-            if !o.exclude_entities.is_empty() {
-                q.append_pair("exclude_entities", &o.exclude_entities.join(","));
-            }
-            if !o.operations.is_empty() {
-                let ops: Vec<&str> = o.operations.iter().map(|op| operation_name(*op)).collect();
-                q.append_pair("operations", &ops.join(","));
-            }
-            if let Some(n) = o.batch_size {
-                q.append_pair("batch_size", &n.to_string());
-            }
-            if let Some(t) = o.batch_timeout {
-                q.append_pair("batch_timeout_ms", &t.as_millis().to_string());
-            }
-        }
+        url.set_query(Some(&self.query().to_query_string()));
         url
     }
 
@@ -749,7 +709,21 @@ impl ChangeStream {
                 self.queue.push_back(Entry::Failed(Error::decode(line, e)));
                 return;
             }
-            Ok(Event::Heartbeat(_)) => return,
+            Ok(Event::Heartbeat(hb)) => {
+                self.server_current = Some(hb.current_lsn);
+                // Everything up to `scanned_lsn` was sent before this line or left out
+                // by the filter: the position moves on (and a reconnect need not read
+                // those records again).
+                if let Some(scanned) = hb.scanned_lsn {
+                    if self.position().is_none_or(|p| scanned > p) {
+                        self.last_received = Some(scanned);
+                        self.resume_at = Some(scanned + 1);
+                        self.pending.push_back(Piece::Scanned(scanned));
+                        self.flush_pending();
+                    }
+                }
+                return;
+            }
             Ok(Event::RequeryRequired(spillway_core::RequeryRequired {
                 requested_lsn,
                 oldest_lsn,
@@ -766,12 +740,13 @@ impl ChangeStream {
                     }
                 }
                 self.flush_pending();
-                self.queue.push_back(Entry::Batch(VecDeque::from([
-                    StreamItem::RequeryRequired {
-                        requested_lsn,
-                        oldest_lsn,
-                    },
-                ])));
+                self.queue
+                    .push_back(Entry::Batch(VecDeque::from([Piece::Item(
+                        StreamItem::RequeryRequired {
+                            requested_lsn,
+                            oldest_lsn,
+                        },
+                    )])));
                 self.resume_at = Some(oldest_lsn);
                 // The stream goes on at `oldest_lsn`; when the log was
                 // repaired or restored (`ahead_of_log`), those lsns may be at
@@ -791,7 +766,7 @@ impl ChangeStream {
             self.last_received = Some(lsn);
             self.resume_at = Some(lsn + 1);
         }
-        self.pending.push_back(item);
+        self.pending.push_back(Piece::Item(item));
         if self.pending.len() >= self.opts.batch_size.unwrap_or(DEFAULT_BATCH_SIZE) {
             self.flush_pending();
         }
@@ -802,6 +777,381 @@ impl ChangeStream {
             self.queue
                 .push_back(Entry::Batch(std::mem::take(&mut self.pending)));
         }
+    }
+}
+
+type PiecesFuture =
+    Pin<Box<dyn Future<Output = (Box<Inner>, Result<Option<VecDeque<Piece>>>)> + Send>>;
+
+/// An open change stream, in lsn order, resumed automatically after a broken
+/// connection. Made by [`ChangeStreamBuilder`]. See the [crate docs](crate) for the
+/// reconnection semantics.
+///
+/// Two levels, as reference 004 reads them:
+///
+/// - **Row changes**: [`next`](Self::next), [`next_batch`](Self::next_batch), the
+///   [`futures_util::Stream`] impl and blocking iteration ([`Changes`]) yield
+///   [`ChangeEvent`]s only. When events are missing (`requery_required`: retention
+///   trimmed them, the log was repaired…) they return [`Error::RequeryRequired`]
+///   instead — an outcome a `?` cannot drop by accident; the stream goes on at its
+///   `oldest_lsn` with the next call.
+/// - **Every item**: [`next_item`](Self::next_item) and
+///   [`next_item_batch`](Self::next_item_batch) also yield schema changes, logical
+///   messages and the requery as a [`StreamItem`].
+///
+/// Every method is cancellation safe: a call dropped before it returns (in
+/// `tokio::select!`, under a timeout) loses nothing; the next call goes on with it.
+///
+/// The methods take `&self` (reference 004 calls `next_batch` on a `let stream`); the
+/// stream is meant for one consumer, but calls from several tasks are safe: each item
+/// goes to one of them.
+pub struct ChangeStream {
+    state: std::sync::Mutex<State>,
+    client: Client,
+}
+
+/// The consumer side of a stream: the future that owns `Inner` while it reads, and what
+/// it read that was not handed out yet.
+struct State {
+    /// `None` while `fut` owns it.
+    inner: Option<Box<Inner>>,
+    fut: Option<PiecesFuture>,
+    /// Tasks waiting on `fut` besides the one that polled it last.
+    waiters: Vec<std::task::Waker>,
+    /// Pieces received and not handed out yet.
+    ready: VecDeque<Piece>,
+    /// The lsn of the last event handed out, or of the last position the server said it
+    /// had read past it.
+    last_delivered: Option<u64>,
+    view: View,
+    /// Why the blocking iterator stopped.
+    error: Option<Error>,
+}
+
+impl std::fmt::Debug for ChangeStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.lock();
+        f.debug_struct("ChangeStream")
+            .field("url", &st.view.url)
+            .field("last_lsn", &st.last_delivered)
+            .field("log_epoch", &st.view.epoch)
+            .field("reconnects", &st.view.reconnects)
+            .finish_non_exhaustive()
+    }
+}
+
+impl State {
+    fn poll_pieces(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<VecDeque<Piece>>>> {
+        if self.fut.is_none() {
+            let Some(mut inner) = self.inner.take() else {
+                return Poll::Ready(Ok(None));
+            };
+            self.fut = Some(Box::pin(async move {
+                let r = inner.next_pieces().await;
+                (inner, r)
+            }));
+        }
+        let Some(fut) = self.fut.as_mut() else {
+            return Poll::Ready(Ok(None));
+        };
+        let Poll::Ready((inner, result)) = fut.as_mut().poll(cx) else {
+            if !self.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                self.waiters.push(cx.waker().clone());
+            }
+            return Poll::Pending;
+        };
+        self.fut = None;
+        for w in self.waiters.drain(..) {
+            w.wake();
+        }
+        self.view = inner.view();
+        self.inner = Some(inner);
+        Poll::Ready(result)
+    }
+
+    /// Hands out the next item of `ready`, moving the position past heartbeats.
+    fn pop_item(&mut self) -> Option<StreamItem> {
+        while let Some(piece) = self.ready.pop_front() {
+            match piece {
+                Piece::Scanned(lsn) => {
+                    self.last_delivered = Some(self.last_delivered.map_or(lsn, |l| l.max(lsn)));
+                }
+                Piece::Item(item) => {
+                    if let Some(lsn) = item.lsn() {
+                        self.last_delivered = Some(lsn);
+                    }
+                    return Some(item);
+                }
+            }
+        }
+        None
+    }
+
+    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<StreamItem>>> {
+        loop {
+            if let Some(item) = self.pop_item() {
+                return Poll::Ready(Ok(Some(item)));
+            }
+            match self.poll_pieces(cx) {
+                Poll::Ready(Ok(Some(batch))) => self.ready.extend(batch),
+                Poll::Ready(Ok(None)) => return Poll::Ready(Ok(None)),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn poll_item_batch(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Vec<StreamItem>>>> {
+        loop {
+            let mut batch = Vec::new();
+            while let Some(item) = self.pop_item() {
+                batch.push(item);
+            }
+            if !batch.is_empty() {
+                return Poll::Ready(Ok(Some(batch)));
+            }
+            match self.poll_pieces(cx) {
+                Poll::Ready(Ok(Some(pieces))) => self.ready.extend(pieces),
+                Poll::Ready(Ok(None)) => return Poll::Ready(Ok(None)),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn poll_change(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<ChangeEvent>>> {
+        loop {
+            match self.poll_item(cx) {
+                Poll::Ready(Ok(Some(StreamItem::Change(c)))) => return Poll::Ready(Ok(Some(c))),
+                Poll::Ready(Ok(Some(StreamItem::SchemaChange(_) | StreamItem::Message(_)))) => {}
+                Poll::Ready(Ok(Some(StreamItem::RequeryRequired {
+                    requested_lsn,
+                    oldest_lsn,
+                }))) => {
+                    return Poll::Ready(Err(Error::RequeryRequired {
+                        requested_lsn,
+                        oldest_lsn,
+                    }))
+                }
+                Poll::Ready(Ok(None)) => return Poll::Ready(Ok(None)),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl ChangeStream {
+    /// The next row change; `Ok(None)` only when the stream has ended for good: with
+    /// [`until_caught_up`](ChangeStreamBuilder::until_caught_up) once it has read that
+    /// far, or with [`reconnect(false)`](ChangeStreamBuilder::reconnect) when the
+    /// connection ends. Schema changes and logical messages are passed over (see
+    /// [`next_item`](Self::next_item)). Waits as long as it takes (use
+    /// `tokio::time::timeout` for a deadline).
+    ///
+    /// # Errors
+    /// [`Error::RequeryRequired`] when events are missing before the next one: rebuild
+    /// from the source tables, then call again (the stream continues at `oldest_lsn`).
+    /// [`Error::Decode`] for a line that does not parse (the stream goes on after it).
+    /// Otherwise an error final for this call (the server rejected a reconnection, e.g.
+    /// 401; [`Error::GaveUp`]); calling again tries again.
+    pub async fn next(&self) -> Result<Option<ChangeEvent>> {
+        std::future::poll_fn(|cx| self.lock().poll_change(cx)).await
+    }
+
+    /// The next batch of row changes: those the server flushed together (at most
+    /// [`batch_size`](ChangeStreamBuilder::batch_size); if [`next`](Self::next) already
+    /// took some, the rest), never empty; `None` when the stream has ended for good.
+    ///
+    /// # Errors
+    /// As [`next`](Self::next); a requery is never in a batch with changes.
+    pub async fn next_batch(&self) -> Result<Option<Vec<ChangeEvent>>> {
+        loop {
+            let Some(items) = self.next_item_batch().await? else {
+                return Ok(None);
+            };
+            let mut changes = Vec::with_capacity(items.len());
+            for item in items {
+                match item {
+                    StreamItem::Change(c) => changes.push(c),
+                    StreamItem::SchemaChange(_) | StreamItem::Message(_) => {}
+                    StreamItem::RequeryRequired {
+                        requested_lsn,
+                        oldest_lsn,
+                    } => {
+                        return Err(Error::RequeryRequired {
+                            requested_lsn,
+                            oldest_lsn,
+                        })
+                    }
+                }
+            }
+            if !changes.is_empty() {
+                return Ok(Some(changes));
+            }
+        }
+    }
+
+    /// The next item of any kind (row change, schema change, logical message, or the
+    /// [`StreamItem::RequeryRequired`] saying events are missing); `Ok(None)` when the
+    /// stream has ended for good (see [`next`](Self::next)).
+    ///
+    /// # Errors
+    /// As [`next`](Self::next), except that a requery is an item here.
+    pub async fn next_item(&self) -> Result<Option<StreamItem>> {
+        std::future::poll_fn(|cx| self.lock().poll_item(cx)).await
+    }
+
+    /// The next batch of items of any kind as the server flushed it (see
+    /// [`next_batch`](Self::next_batch)); a [`StreamItem::RequeryRequired`] is always
+    /// alone in its batch. Batch boundaries are those of the server's writes as far as
+    /// HTTP preserves them: a batch never holds events of two server batches, but a
+    /// large server batch can arrive as two.
+    ///
+    /// # Errors
+    /// As [`next_item`](Self::next_item).
+    pub async fn next_item_batch(&self) -> Result<Option<Vec<StreamItem>>> {
+        std::future::poll_fn(|cx| self.lock().poll_item_batch(cx)).await
+    }
+
+    /// How far the stream has got: the lsn of the last event handed out, or further when
+    /// the server said that everything up to a later lsn was left out by the filter
+    /// (its heartbeats carry that). Store it as a checkpoint once what came before is
+    /// processed; `current_lsn() - last_lsn()` is 0 when a consumer is caught up, filtered
+    /// or not. `None` before anything was handed out.
+    pub fn last_lsn(&self) -> Option<u64> {
+        self.lock().last_delivered
+    }
+
+    /// The log's last committed lsn as the server's last heartbeat said (`None` before
+    /// one came).
+    pub fn server_current_lsn(&self) -> Option<u64> {
+        self.lock().view.server_current
+    }
+
+    /// The server's log epoch the stream's position belongs to (`None` before the
+    /// first line, or from a server without epochs). Store it with a checkpoint and
+    /// pass it back with [`ChangeStreamBuilder::log_epoch`].
+    pub fn log_epoch(&self) -> Option<String> {
+        self.lock().view.epoch.clone()
+    }
+
+    /// How many times the stream has reconnected.
+    pub fn reconnects(&self) -> u64 {
+        self.lock().view.reconnects
+    }
+
+    /// The client the stream was made with (for checkpoints).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Why the blocking iteration ([`Changes`]) stopped early (a requery, a final
+    /// error), if it did. Iterate with `for change in &stream` to be able to ask
+    /// afterwards.
+    pub fn take_error(&self) -> Option<Error> {
+        self.lock().error.take()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic cannot leave `State` half-changed in a way that matters: take it.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl futures_util::Stream for ChangeStream {
+    type Item = Result<ChangeEvent>;
+
+    /// Row changes as [`ChangeStream::next`] yields them; `None` when it returns
+    /// `Ok(None)`.
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.lock().poll_change(cx).map(Result::transpose)
+    }
+}
+
+impl ChangeStream {
+    /// One step of the blocking iterator (see [`Changes`]).
+    fn blocking_next(&self) -> Option<ChangeEvent> {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        if self.lock().error.is_some() {
+            return None;
+        }
+        let handle = match Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => h,
+            _ => {
+                self.lock().error = Some(Error::InvalidArgument(
+                    "blocking iteration over a ChangeStream needs a multi-threaded tokio runtime; use `while let Some(change) = stream.next().await?` instead".into(),
+                ));
+                return None;
+            }
+        };
+        let result = tokio::task::block_in_place(|| {
+            handle.block_on(std::future::poll_fn(|cx| self.lock().poll_change(cx)))
+        });
+        match result {
+            Ok(change) => change,
+            Err(e) => {
+                self.lock().error = Some(e);
+                None
+            }
+        }
+    }
+}
+
+/// Blocking iteration over row changes: `for change in stream` (as reference 004 writes
+/// it), or `for change in &stream` to ask [`ChangeStream::take_error`] afterwards.
+///
+/// Each step blocks the thread it runs on (`block_in_place`), so it needs a
+/// multi-threaded tokio runtime; on any other it stops at once with an error. It stops at
+/// the first requery ([`Error::RequeryRequired`]) or final error, which
+/// [`Changes::take_error`] / [`ChangeStream::take_error`] then return. Inside async code
+/// the async [`ChangeStream::next`] is the better choice: it reports both in place.
+#[derive(Debug)]
+pub struct Changes<S> {
+    stream: S,
+}
+
+impl<S: std::borrow::Borrow<ChangeStream>> Changes<S> {
+    /// Why the iteration stopped early, if it did.
+    pub fn take_error(&mut self) -> Option<Error> {
+        self.stream.borrow().take_error()
+    }
+}
+
+impl<S: std::borrow::Borrow<ChangeStream>> Iterator for Changes<S> {
+    type Item = ChangeEvent;
+
+    fn next(&mut self) -> Option<ChangeEvent> {
+        self.stream.borrow().blocking_next()
+    }
+}
+
+impl IntoIterator for ChangeStream {
+    type Item = ChangeEvent;
+    type IntoIter = Changes<ChangeStream>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        Changes { stream: self }
+    }
+}
+
+impl<'a> IntoIterator for &'a mut ChangeStream {
+    type Item = ChangeEvent;
+    type IntoIter = Changes<&'a ChangeStream>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        Changes { stream: self }
+    }
+}
+
+impl<'a> IntoIterator for &'a ChangeStream {
+    type Item = ChangeEvent;
+    type IntoIter = Changes<&'a ChangeStream>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        Changes { stream: self }
     }
 }
 

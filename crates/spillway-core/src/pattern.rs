@@ -38,7 +38,7 @@ impl TablePattern {
     /// Parses `schema.table`, `table` or a `*` pattern of either.
     ///
     /// # Errors
-    /// [`BadPattern`] for an empty pattern, an empty part, or more than one dot.
+    /// [`BadPattern`] for an empty pattern, an empty part, more than one dot, or a comma.
     pub fn parse(text: &str) -> Result<TablePattern, BadPattern> {
         let bad = || BadPattern(text.to_owned());
         let dot = text.find('.');
@@ -47,7 +47,10 @@ impl TablePattern {
             None => (Some("x"), Some(text)),
         };
         match (schema, table) {
-            (Some(s), Some(t)) if !s.is_empty() && !t.is_empty() && !t.contains('.') => {
+            // A comma separates patterns in every list that holds them.
+            (Some(s), Some(t))
+                if !s.is_empty() && !t.is_empty() && !t.contains('.') && !text.contains(',') =>
+            {
                 Ok(TablePattern {
                     text: text.to_owned(),
                     dot,
@@ -185,7 +188,7 @@ mod tests {
 
     #[test]
     fn bad_patterns_are_named() {
-        for bad in ["", ".", "a.", ".b", "a.b.c"] {
+        for bad in ["", ".", "a.", ".b", "a.b.c", "a,b"] {
             let err = TablePattern::parse(bad).unwrap_err();
             assert_eq!(
                 err.to_string(),

@@ -254,7 +254,7 @@ fn lsns(items: &[StreamItem]) -> Vec<u64> {
 }
 
 async fn next(stream: &mut spillway_client::ChangeStream) -> StreamItem {
-    tokio::time::timeout(Duration::from_secs(10), stream.next())
+    tokio::time::timeout(Duration::from_secs(10), stream.next_item())
         .await
         .expect("an item within 10 s")
         .unwrap()
@@ -293,9 +293,11 @@ async fn typed_items_and_heartbeats_swallowed() {
     );
     assert_eq!(s.last_lsn(), Some(3));
     // the trailing heartbeat is not an item: nothing more arrives
-    assert!(tokio::time::timeout(Duration::from_millis(300), s.next())
-        .await
-        .is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), s.next_item())
+            .await
+            .is_err()
+    );
     let reqs = f.changes_requests();
     assert_eq!(reqs.len(), 1);
     assert_eq!(reqs[0].query("from_lsn").as_deref(), Some("1"));
@@ -407,7 +409,7 @@ async fn resumes_after_a_broken_connection_without_gap_or_duplicate() {
         .collect();
     assert_eq!(ids, [10, 20, 30, 40]);
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), s.next())
+        tokio::time::timeout(Duration::from_millis(300), s.next_item())
             .await
             .is_err(),
         "no duplicate of lsn 2"
@@ -495,7 +497,7 @@ async fn a_server_that_never_answers_is_not_waited_for_forever() {
         .await
         .unwrap();
     assert_eq!(next(&mut s).await.lsn(), Some(1));
-    let e = s.next().await.unwrap_err();
+    let e = s.next_item().await.unwrap_err();
     assert!(
         matches!(&e, Error::GaveUp { attempts: 2, last } if matches!(**last, Error::Idle(_))),
         "{e}"
@@ -513,14 +515,14 @@ async fn requery_is_typed_alone_in_its_batch_and_moves_the_resume_point() {
         _ => Reply::Stream(vec![chunk(change(13, 2, "insert")), Step::Hang]),
     })
     .await;
-    let mut s = f
+    let s = f
         .client()
         .stream_changes()
         .from_lsn(1)
         .backoff(FAST, FAST)
         .await
         .unwrap();
-    let b = s.next_batch().await.unwrap();
+    let b = s.next_item_batch().await.unwrap().unwrap_or_default();
     assert_eq!(
         b,
         [StreamItem::RequeryRequired {
@@ -528,7 +530,7 @@ async fn requery_is_typed_alone_in_its_batch_and_moves_the_resume_point() {
             oldest_lsn: 10
         }]
     );
-    let b = s.next_batch().await.unwrap();
+    let b = s.next_item_batch().await.unwrap().unwrap_or_default();
     assert!(matches!(
         b[..],
         [StreamItem::RequeryRequired {
@@ -536,8 +538,14 @@ async fn requery_is_typed_alone_in_its_batch_and_moves_the_resume_point() {
             oldest_lsn: 12
         }]
     ));
-    assert_eq!(lsns(&s.next_batch().await.unwrap()), [12]);
-    assert_eq!(lsns(&s.next_batch().await.unwrap()), [13]);
+    assert_eq!(
+        lsns(&s.next_item_batch().await.unwrap().unwrap_or_default()),
+        [12]
+    );
+    assert_eq!(
+        lsns(&s.next_item_batch().await.unwrap().unwrap_or_default()),
+        [13]
+    );
     let r = f.changes_requests();
     assert_eq!(r[1].query("from_lsn").as_deref(), Some("10"));
     assert_eq!(r[2].query("from_lsn").as_deref(), Some("13"));
@@ -566,22 +574,28 @@ async fn after_requery_ahead_of_the_log_lower_lsns_are_new_events() {
         ]),
     })
     .await;
-    let mut s = f
+    let s = f
         .client()
         .stream_changes()
         .from_lsn(40)
         .backoff(FAST, FAST)
         .await
         .unwrap();
-    assert_eq!(lsns(&s.next_batch().await.unwrap()), [40, 41]);
+    assert_eq!(
+        lsns(&s.next_item_batch().await.unwrap().unwrap_or_default()),
+        [40, 41]
+    );
     assert!(matches!(
-        s.next_batch().await.unwrap()[..],
+        s.next_item_batch().await.unwrap().unwrap_or_default()[..],
         [StreamItem::RequeryRequired {
             requested_lsn: 42,
             oldest_lsn: 31
         }]
     ));
-    assert_eq!(lsns(&s.next_batch().await.unwrap()), [31, 32]);
+    assert_eq!(
+        lsns(&s.next_item_batch().await.unwrap().unwrap_or_default()),
+        [31, 32]
+    );
 }
 
 #[tokio::test]
@@ -604,7 +618,7 @@ async fn batches_follow_the_server_flushes_and_the_batch_size() {
         ])
     })
     .await;
-    let mut s = f
+    let s = f
         .client()
         .stream_changes()
         .from_lsn(1)
@@ -613,7 +627,9 @@ async fn batches_follow_the_server_flushes_and_the_batch_size() {
         .unwrap();
     let mut batches = Vec::new();
     for _ in 0..5 {
-        batches.push(lsns(&s.next_batch().await.unwrap()));
+        batches.push(lsns(
+            &s.next_item_batch().await.unwrap().unwrap_or_default(),
+        ));
     }
     assert_eq!(
         batches,
@@ -631,7 +647,10 @@ async fn batches_follow_the_server_flushes_and_the_batch_size() {
     .await;
     let mut s = f.client().stream_changes().from_lsn(1).await.unwrap();
     assert_eq!(next(&mut s).await.lsn(), Some(1));
-    assert_eq!(lsns(&s.next_batch().await.unwrap()), [2, 3]);
+    assert_eq!(
+        lsns(&s.next_item_batch().await.unwrap().unwrap_or_default()),
+        [2, 3]
+    );
     assert_eq!(s.last_lsn(), Some(3));
 }
 
@@ -647,11 +666,11 @@ async fn a_bad_line_is_an_error_in_its_place() {
     .await;
     let mut s = f.client().stream_changes().from_lsn(1).await.unwrap();
     assert_eq!(next(&mut s).await.lsn(), Some(1));
-    let e = s.next().await.unwrap_err();
+    let e = s.next_item().await.unwrap_err();
     assert!(matches!(e, Error::Decode { .. }), "{e}");
     assert!(e.to_string().contains("{not json"), "{e}");
     assert_eq!(next(&mut s).await.lsn(), Some(2));
-    let e = s.next().await.unwrap_err();
+    let e = s.next_item().await.unwrap_err();
     assert!(matches!(e, Error::Decode { .. }), "{e}");
     assert!(e.to_string().contains("missing field"), "{e}");
     assert_eq!(next(&mut s).await.lsn(), Some(4));
@@ -708,7 +727,7 @@ async fn rejected_reconnect_is_returned_and_attempts_are_bounded() {
         .await
         .unwrap();
     assert_eq!(next(&mut s).await.lsn(), Some(1));
-    let e = s.next().await.unwrap_err();
+    let e = s.next_item().await.unwrap_err();
     assert!(matches!(e, Error::Unauthorized { .. }), "{e}");
     assert_eq!(f.changes_requests().len(), 2);
 
@@ -717,7 +736,7 @@ async fn rejected_reconnect_is_returned_and_attempts_are_bounded() {
         _ => Reply::Json(503, json!({"error": "starting"})),
     })
     .await;
-    let mut s = f
+    let s = f
         .client()
         .stream_changes()
         .from_lsn(1)
@@ -725,7 +744,7 @@ async fn rejected_reconnect_is_returned_and_attempts_are_bounded() {
         .max_reconnect_attempts(3)
         .await
         .unwrap();
-    let e = s.next().await.unwrap_err();
+    let e = s.next_item().await.unwrap_err();
     assert!(
         matches!(&e, Error::GaveUp { attempts: 3, last } if last.status() == Some(503)),
         "{e}"
@@ -744,8 +763,13 @@ async fn without_reconnect_the_stream_ends() {
         .await
         .unwrap();
     assert_eq!(next(&mut s).await.lsn(), Some(1));
-    assert!(s.next().await.unwrap().is_none());
-    assert!(s.next_batch().await.unwrap().is_empty());
+    assert!(s.next_item().await.unwrap().is_none());
+    assert!(s
+        .next_item_batch()
+        .await
+        .unwrap()
+        .unwrap_or_default()
+        .is_empty());
 
     let f = fake(|_, _| Reply::Stream(vec![chunk(change(1, 1, "insert")), Step::Close])).await;
     let mut s = f
@@ -756,9 +780,9 @@ async fn without_reconnect_the_stream_ends() {
         .await
         .unwrap();
     assert_eq!(next(&mut s).await.lsn(), Some(1));
-    let e = s.next().await.unwrap_err();
+    let e = s.next_item().await.unwrap_err();
     assert!(matches!(e, Error::Transport { .. }), "{e}");
-    assert!(s.next().await.unwrap().is_none());
+    assert!(s.next_item().await.unwrap().is_none());
 }
 
 #[tokio::test]
@@ -780,7 +804,6 @@ async fn arguments_are_checked_before_any_request() {
     let f = fake(|_, _| Reply::Stream(vec![Step::Hang])).await;
     let c = f.client();
     for b in [
-        c.stream_changes().from_lsn(0),
         c.stream_changes().batch_size(0),
         c.stream_changes().entities(["a,b"]),
         c.stream_changes().exclude_entities([""]),
@@ -895,9 +918,9 @@ fn stream_futures_are_send() {
     let builder = client.stream_changes();
     let fut = std::future::IntoFuture::into_future(builder);
     send(&fut);
-    async fn uses(mut s: spillway_client::ChangeStream) {
-        let _ = s.next().await;
-        let _ = s.next_batch().await;
+    async fn uses(s: spillway_client::ChangeStream) {
+        let _ = s.next_item().await;
+        let _ = s.next_item_batch().await;
     }
     fn check(s: spillway_client::ChangeStream) {
         send(&uses(s));
@@ -970,7 +993,7 @@ async fn resumes_with_the_log_epoch_of_its_position() {
             p("5", Some("00000000000000cc")),
         ]
     );
-    assert_eq!(s.log_epoch(), Some("00000000000000cc"));
+    assert_eq!(s.log_epoch().as_deref(), Some("00000000000000cc"));
     // An old gap record (before the epoch the connection is in) does not
     // change the epoch: positions read on this connection are in the newer one.
     let f = fake(|n, _| match n {
@@ -1004,7 +1027,7 @@ async fn resumes_with_the_log_epoch_of_its_position() {
         }
     };
     tokio::select! {
-        item = s.next() => panic!("nothing more was sent: {item:?}"),
+        item = s.next_item() => panic!("nothing more was sent: {item:?}"),
         _ = tokio::time::timeout(Duration::from_secs(10), reconnected) => {}
     }
     let r = &f.changes_requests()[1];
@@ -1038,4 +1061,302 @@ async fn resumes_with_the_log_epoch_of_its_position() {
             other => panic!("{what}: {other:?}"),
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// The row-change level (reference 004's shape)
+// ---------------------------------------------------------------------------
+
+fn schema_line(lsn: u64) -> String {
+    format!(
+        "{}\n",
+        json!({"type": "schema_change", "lsn": lsn, "id": format!("0/{lsn:X}:1"), "timestamp": 5, "entity": "public.items",
+            "schema": "public", "table": "items", "replica_identity": "default",
+            "columns": [{"name": "id", "type": "int4", "type_oid": 23, "key": true}],
+            "tx": {"xid": 1, "commit_lsn": format!("0/{lsn:X}"), "index": 1}, "source": {"db": "shop", "pg_lsn": "0/1"}})
+    )
+}
+
+fn scanned(current: u64, scanned: u64) -> String {
+    format!(
+        "{}\n",
+        json!({"type": "heartbeat", "current_lsn": current, "scanned_lsn": scanned, "timestamp": 1})
+    )
+}
+
+async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .expect("within 10 s")
+}
+
+#[tokio::test]
+async fn next_yields_row_changes_and_a_requery_cannot_be_ignored() {
+    let body = format!(
+        "{}{}{}{}{}",
+        schema_line(1),
+        change(2, 1, "insert"),
+        change(3, 2, "update"),
+        requery(4, 9),
+        change(9, 3, "delete")
+    );
+    let f = fake(move |n, _| match n {
+        0 => Reply::Stream(vec![chunk(body.clone()), Step::Sleep(100), Step::Close]),
+        _ => Reply::Stream(vec![chunk(change(10, 4, "insert")), Step::Hang]),
+    })
+    .await;
+    let s = f.client().stream_changes().from_lsn(1).await.unwrap();
+    let c = within(s.next()).await.unwrap().unwrap();
+    assert_eq!((c.lsn, c.operation), (2, Operation::Insert));
+    let c = within(s.next()).await.unwrap().unwrap();
+    assert_eq!((c.lsn, c.operation), (3, Operation::Update));
+    match within(s.next()).await {
+        Err(e @ Error::RequeryRequired { .. }) => {
+            assert!(e.is_requery());
+            assert!(matches!(
+                e,
+                Error::RequeryRequired {
+                    requested_lsn: 4,
+                    oldest_lsn: 9
+                }
+            ));
+            assert!(e.to_string().contains("rebuild"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // and the stream goes on where the server said
+    let c = within(s.next()).await.unwrap().unwrap();
+    assert_eq!((c.lsn, c.operation), (9, Operation::Delete));
+    assert_eq!(within(s.next()).await.unwrap().unwrap().lsn, 10);
+    assert_eq!(
+        f.changes_requests()[1].query("from_lsn").as_deref(),
+        Some("10")
+    );
+}
+
+#[tokio::test]
+async fn batches_of_changes_and_the_futures_stream() {
+    use futures_util::StreamExt;
+    let body = schema_line(1);
+    let body2 = format!("{}{}", change(2, 1, "insert"), change(3, 2, "insert"));
+    let f = fake(move |_, _| {
+        Reply::Stream(vec![
+            chunk(body.clone()),
+            Step::Sleep(50),
+            chunk(body2.clone()),
+            Step::Sleep(50),
+            chunk(change(4, 3, "delete")),
+            Step::End,
+        ])
+    })
+    .await;
+    let s = f
+        .client()
+        .stream_changes()
+        .from_lsn(1)
+        .reconnect(false)
+        .await
+        .unwrap();
+    // a batch of only a schema change is passed over; batches hold changes
+    let b = within(s.next_batch()).await.unwrap().unwrap();
+    assert_eq!(b.iter().map(|c| c.lsn).collect::<Vec<_>>(), [2, 3]);
+    let b = within(s.next_batch()).await.unwrap().unwrap();
+    assert_eq!(b.iter().map(|c| c.lsn).collect::<Vec<_>>(), [4]);
+    assert!(within(s.next_batch()).await.unwrap().is_none());
+
+    let mut s = f
+        .client()
+        .stream_changes()
+        .from_lsn(1)
+        .reconnect(false)
+        .await
+        .unwrap();
+    let all: Vec<u64> = within(s.by_ref().map(|c| c.unwrap().lsn).collect()).await; // StreamExt
+    assert_eq!(all, [2, 3, 4]);
+}
+
+#[tokio::test]
+async fn heartbeats_move_a_filtered_streams_position_and_its_resume_point() {
+    let f = fake(move |n, _| match n {
+        0 => Reply::Stream(vec![
+            chunk(format!("{}{}", change(2, 1, "insert"), scanned(10, 10))),
+            Step::Sleep(100),
+            Step::Close,
+        ]),
+        _ => Reply::Stream(vec![chunk(change(11, 2, "insert")), Step::Hang]),
+    })
+    .await;
+    let s = f
+        .client()
+        .stream_changes()
+        .from_lsn(1)
+        .entities(["items"])
+        .backoff(FAST, FAST)
+        .await
+        .unwrap();
+    assert_eq!(within(s.next()).await.unwrap().unwrap().lsn, 2);
+    assert_eq!(s.last_lsn(), Some(2));
+    let c = within(s.next()).await.unwrap().unwrap();
+    assert_eq!(c.lsn, 11);
+    // the reconnect did not read lsns 3..=10 again
+    let reqs = f.changes_requests();
+    assert_eq!(reqs[1].query("from_lsn").as_deref(), Some("11"));
+    assert_eq!(reqs[1].query("entities").as_deref(), Some("items"));
+    assert_eq!(s.server_current_lsn(), Some(10));
+
+    // caught up on a filtered stream: the position reaches the server's end
+    let f = fake(move |_, _| {
+        Reply::Stream(vec![
+            chunk(change(2, 1, "insert")),
+            Step::Sleep(50),
+            chunk(scanned(7, 7)),
+            Step::Hang,
+        ])
+    })
+    .await;
+    let s = f.client().stream_changes().from_lsn(1).await.unwrap();
+    assert_eq!(within(s.next()).await.unwrap().unwrap().lsn, 2);
+    assert!(tokio::time::timeout(Duration::from_millis(500), s.next())
+        .await
+        .is_err());
+    assert_eq!(s.last_lsn(), Some(7), "current 7 - last 7 = no lag");
+}
+
+#[tokio::test]
+async fn until_caught_up_reads_what_was_there_then_ends() {
+    let f = fake(move |_, r| match r.path() {
+        "/v1/status" => Reply::Json(200, json!({"current_lsn": 3, "oldest_lsn": 1})),
+        _ => Reply::Stream(vec![
+            chunk(format!(
+                "{}{}{}",
+                schema_line(1),
+                change(2, 1, "insert"),
+                change(3, 2, "insert")
+            )),
+            Step::Hang,
+        ]),
+    })
+    .await;
+    let s = f
+        .client()
+        .stream_changes()
+        .from_beginning()
+        .until_caught_up()
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while let Some(c) = within(s.next()).await.unwrap() {
+        got.push(c.lsn);
+    }
+    assert_eq!(got, [2, 3]);
+    let req = &f.changes_requests()[0];
+    assert_eq!(req.query("heartbeat_ms").as_deref(), Some("100"));
+
+    // filtered: the last records are left out, a heartbeat says they were read
+    let f = fake(move |_, r| match r.path() {
+        "/v1/status" => Reply::Json(200, json!({"current_lsn": 9, "oldest_lsn": 1})),
+        _ => Reply::Stream(vec![
+            chunk(change(2, 1, "insert")),
+            Step::Sleep(100),
+            chunk(scanned(9, 9)),
+            Step::Hang,
+        ]),
+    })
+    .await;
+    let s = f
+        .client()
+        .stream_changes()
+        .from_beginning()
+        .operations([Operation::Insert])
+        .until_caught_up()
+        .await
+        .unwrap();
+    assert_eq!(within(s.next()).await.unwrap().unwrap().lsn, 2);
+    assert!(within(s.next()).await.unwrap().is_none());
+    // an empty log: nothing to read, done at once
+    let f = fake(move |_, r| match r.path() {
+        "/v1/status" => Reply::Json(200, json!({"current_lsn": 0, "oldest_lsn": 1})),
+        _ => Reply::Stream(vec![Step::Hang]),
+    })
+    .await;
+    let s = f
+        .client()
+        .stream_changes()
+        .from_beginning()
+        .until_caught_up()
+        .await
+        .unwrap();
+    assert!(within(s.next()).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_iteration_yields_changes_and_says_why_it_stopped() {
+    let body = format!(
+        "{}{}{}",
+        change(1, 1, "insert"),
+        change(2, 2, "insert"),
+        requery(3, 7)
+    );
+    let f = fake(move |_, _| Reply::Stream(vec![chunk(body.clone()), Step::Hang])).await;
+    let mut stream = f.client().stream_changes().from_lsn(1).await.unwrap();
+    let mut got = Vec::new();
+    for change in &mut stream {
+        got.push(change.lsn);
+    }
+    assert_eq!(got, [1, 2]);
+    assert!(matches!(
+        stream.take_error(),
+        Some(Error::RequeryRequired { oldest_lsn: 7, .. })
+    ));
+}
+
+#[test]
+fn blocking_iteration_on_a_current_thread_runtime_is_an_error_not_a_panic() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let f =
+            fake(move |_, _| Reply::Stream(vec![chunk(change(1, 1, "insert")), Step::Hang])).await;
+        let mut stream = f.client().stream_changes().from_lsn(1).await.unwrap();
+        assert!((&mut stream).into_iter().next().is_none());
+        let e = stream.take_error().expect("why it stopped");
+        assert!(e.to_string().contains("multi-threaded"), "{e}");
+        // the async API still works on it
+        assert_eq!(within(stream.next()).await.unwrap().unwrap().lsn, 1);
+    });
+}
+
+#[tokio::test]
+async fn a_dropped_next_loses_nothing() {
+    let f = fake(move |_, _| {
+        Reply::Stream(vec![
+            Step::Sleep(300),
+            chunk(format!(
+                "{}{}",
+                change(1, 1, "insert"),
+                change(2, 2, "insert")
+            )),
+            Step::Hang,
+        ])
+    })
+    .await;
+    let s = f.client().stream_changes().from_lsn(1).await.unwrap();
+    // cancelled while the chunk is on its way
+    assert!(tokio::time::timeout(Duration::from_millis(50), s.next())
+        .await
+        .is_err());
+    assert_eq!(within(s.next()).await.unwrap().unwrap().lsn, 1);
+    assert_eq!(within(s.next_item()).await.unwrap().unwrap().lsn(), Some(2));
+}
+
+#[tokio::test]
+async fn from_lsn_zero_is_the_first_lsn() {
+    let f = fake(move |_, _| Reply::Stream(vec![Step::Hang])).await;
+    let _s = f.client().stream_changes().from_lsn(0).await.unwrap();
+    assert_eq!(
+        f.changes_requests()[0].query("from_lsn").as_deref(),
+        Some("1")
+    );
 }

@@ -57,7 +57,7 @@ async fn take_changes(stream: &mut ChangeStream, n: usize) -> Vec<StreamItem> {
     let mut out = Vec::new();
     let mut seen = 0;
     while seen < n {
-        let item = tokio::time::timeout(WAIT, stream.next())
+        let item = tokio::time::timeout(WAIT, stream.next_item())
             .await
             .unwrap_or_else(|_| panic!("timed out after {seen} of {n} changes: {out:?}"))
             .unwrap()
@@ -88,7 +88,7 @@ fn lsns(items: &[StreamItem]) -> Vec<u64> {
 
 /// Nothing more than heartbeats for `d`.
 async fn assert_quiet(stream: &mut ChangeStream, d: Duration) {
-    if let Ok(r) = tokio::time::timeout(d, stream.next()).await {
+    if let Ok(r) = tokio::time::timeout(d, stream.next_item()).await {
         panic!("expected nothing more, got {r:?}");
     }
 }
@@ -171,14 +171,15 @@ async fn next_batch_returns_the_events_in_runs() {
     .await;
     let last = wait_for_lsn(&c, 301).await;
 
-    let mut s = c.stream_changes().from_beginning().await.unwrap();
+    let s = c.stream_changes().from_beginning().await.unwrap();
     let mut batches = Vec::new();
     let mut got = 0;
     while got < last {
-        let b = tokio::time::timeout(WAIT, s.next_batch())
+        let b = tokio::time::timeout(WAIT, s.next_item_batch())
             .await
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .expect("the stream goes on");
         assert!(!b.is_empty());
         got += b.len() as u64;
         batches.push(b);
@@ -404,7 +405,7 @@ mod api {
         )
         .await;
         let last = wait_for_lsn(&c, 96).await;
-        let mut s = c
+        let s = c
             .stream_changes()
             .from_beginning()
             .batch_size(10)
@@ -414,7 +415,7 @@ mod api {
         let mut sizes = Vec::new();
         let mut got = 0;
         while got < last {
-            let b = s.next_batch().await.unwrap();
+            let b = s.next_item_batch().await.unwrap().unwrap_or_default();
             got += b.len() as u64;
             sizes.push(b.len());
         }
@@ -569,7 +570,10 @@ mod api {
         assert!(report.segments_deleted > 0 && oldest > 1, "oldest {oldest}");
 
         let mut s = c.stream_changes().from_lsn(1).await.unwrap();
-        let first = tokio::time::timeout(WAIT, s.next()).await.unwrap().unwrap();
+        let first = tokio::time::timeout(WAIT, s.next_item())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(
             first,
             Some(StreamItem::RequeryRequired {
@@ -583,8 +587,8 @@ mod api {
 
         // a consumer whose checkpoint was trimmed away gets it too
         c.checkpoint("late", 1).await.unwrap();
-        let mut s = c.stream_changes().consumer("late").await.unwrap();
-        let first = s.next_batch().await.unwrap();
+        let s = c.stream_changes().consumer("late").await.unwrap();
+        let first = s.next_item_batch().await.unwrap().unwrap_or_default();
         assert!(
             matches!(first[..], [StreamItem::RequeryRequired { requested_lsn: 2, oldest_lsn }] if oldest_lsn == oldest),
             "{first:?}"
@@ -642,7 +646,7 @@ async fn from_timestamp_inside_the_trimmed_range_is_a_requery() {
         .from_timestamp(spillway_client::Timestamp::from_micros(early))
         .await
         .unwrap();
-    let first = tokio::time::timeout(WAIT, s.next())
+    let first = tokio::time::timeout(WAIT, s.next_item())
         .await
         .unwrap()
         .unwrap()

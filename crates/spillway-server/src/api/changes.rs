@@ -8,6 +8,12 @@
 //! capture. New records are pushed the moment they become durable: the task waits on the
 //! log's committed-lsn watch, not on a timer.
 //!
+//! **Heartbeats** (`{"type":"heartbeat","current_lsn":…,"scanned_lsn":…}`) go out after
+//! `heartbeat_ms` without anything to send, during long scans through records the filter
+//! drops, and 100 ms after a caught-up stream read past its last event: `scanned_lsn` is
+//! how far the stream has read, every lsn up to it sent or filtered out, so a filtered
+//! consumer's position reaches `current_lsn` when it is caught up.
+//!
 //! Formats: NDJSON (default; a batch is a run of lines written together) and Server-Sent
 //! Events for `Accept: text/event-stream` (`id:` = `lsn:epoch`, so a browser's
 //! `Last-Event-ID` resumes right after the last event it saw).
@@ -43,6 +49,10 @@ pub use spillway_core::query::{Start as StartAt, DEFAULT_BATCH_SIZE, MAX_BATCH_S
 /// `batch_size` says: with the 8-chunk channel this bounds a stream's
 /// buffered output to about 8 MiB (plus one event).
 pub const MAX_CHUNK_BYTES: usize = 1 << 20;
+
+/// How soon a caught-up stream whose last records its filter left out sends a heartbeat
+/// saying how far it has read (`scanned_lsn`).
+const SCANNED_NOTICE: Duration = Duration::from_millis(100);
 
 /// The wire format of a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -372,6 +382,9 @@ async fn stream_task(
     let read_max = params.batch_size.clamp(256, 4096);
     // The last lsn this stream has read (delivered or filtered out).
     let mut scanned = start.saturating_sub(1);
+    // How far the client knows this stream has read: the last event sent, or the
+    // `scanned_lsn` of the last heartbeat.
+    let mut told = scanned;
     loop {
         committed.borrow_and_update();
         let result = tokio::task::spawn_blocking(move || {
@@ -405,6 +418,7 @@ async fn stream_task(
                         }
                     }
                     batch.push(format, rec.lsn, &epoch, kind, &rec.payload);
+                    told = rec.lsn;
                     let full =
                         batch.events >= params.batch_size || batch.buf.len() >= MAX_CHUNK_BYTES;
                     if full && !batch.send(&tx, None).await {
@@ -413,20 +427,24 @@ async fn stream_task(
                 }
                 // A long scan through records the filter drops sends nothing; keep the
                 // connection (and the client's idle timer) alive meanwhile.
-                if batch.events == 0
-                    && batch.last_sent.elapsed() >= params.heartbeat
-                    && !batch
-                        .send(&tx, Some(heartbeat(format, log.committed_lsn(), scanned)))
-                        .await
-                {
-                    return;
+                if batch.events == 0 && batch.last_sent.elapsed() >= params.heartbeat {
+                    let line = heartbeat(format, log.committed_lsn(), scanned);
+                    told = scanned;
+                    if !batch.send(&tx, Some(line)).await {
+                        return;
+                    }
                 }
             }
             Ok(_) => {
                 // Caught up: flush a partial batch now, or when its timeout comes;
                 // with nothing to send, wait for new records or the heartbeat.
+                // A filtered stream that read past its last event says so soon, so a
+                // caught-up consumer's position reaches the log's end.
                 let (due, idle) = match batch.started {
                     Some(t) => (t + params.batch_timeout, false),
+                    None if scanned > told => {
+                        (batch.last_sent + SCANNED_NOTICE.min(params.heartbeat), true)
+                    }
                     None => (batch.last_sent + params.heartbeat, true),
                 };
                 if !idle && Instant::now() >= due {
@@ -439,6 +457,9 @@ async fn stream_task(
                     changed = committed.changed() => if changed.is_err() { return },
                     _ = tokio::time::sleep_until(due) => {
                         let line = idle.then(|| heartbeat(format, log.committed_lsn(), scanned));
+                        if idle {
+                            told = scanned;
+                        }
                         if !batch.send(&tx, line).await { return }
                     }
                     _ = tx.closed() => return,
@@ -461,6 +482,7 @@ async fn stream_task(
                     Err(_) => return,
                 };
                 scanned = oldest.saturating_sub(1);
+                told = scanned;
             }
             Err(e) => {
                 tracing::error!(error = %e, "reading the change log failed; ending the stream");

@@ -1452,3 +1452,50 @@ async fn tail_applies_its_filters_and_the_token() {
     running.shutdown();
     running.wait().await.unwrap();
 }
+
+/// A filtered stream that read past its last event says how far it has read
+/// (`scanned_lsn`) soon after it caught up, long before `heartbeat_ms`: the consumer's
+/// position reaches the log's end although the filter left those records out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filtered_stream_says_how_far_it_has_read() {
+    let pg = cluster(SCHEMA).await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_with(&pg, dir.path(), "", "").await;
+    let base = format!("http://{}", running.addr);
+    let mut s = Lines::open(&format!(
+        "{base}/v1/changes?from=beginning&entities=bank.holding&heartbeat_ms=60000"
+    ))
+    .await;
+    pg.execute("shop", "INSERT INTO bank.holding VALUES (1, 'a')")
+        .await
+        .unwrap();
+    let first = s.changes(1).await;
+    let holding_lsn = first[0]["lsn"].as_u64().unwrap();
+    pg.execute(
+        "shop",
+        "INSERT INTO commerce.users SELECT g, 'u' FROM generate_series(1, 5) g",
+    )
+    .await
+    .unwrap();
+    let end = read_until(&running.log, 1, count_changes(6)).await;
+    let end_lsn = end.last().unwrap()["lsn"].as_u64().unwrap();
+    assert!(end_lsn > holding_lsn);
+    let t = Instant::now();
+    let hb = loop {
+        let v = s.next_json().await;
+        assert_ne!(
+            v["type"], "change",
+            "the filter lets no users change through: {v}"
+        );
+        if v["type"] == "heartbeat" && v["scanned_lsn"].as_u64() == Some(end_lsn) {
+            break v;
+        }
+    };
+    assert_eq!(hb["current_lsn"].as_u64(), Some(end_lsn));
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "told long before the 60 s heartbeat"
+    );
+    running.shutdown();
+    running.wait().await.unwrap();
+}
