@@ -24,4 +24,27 @@ pub struct SourceStatus {
     pub lag_ms: AtomicU64,
     /// Last error, for `/v1/status`.
     pub last_error: Mutex<Option<String>>,
+    /// The tables the publication sends, as `(schema, table)`, read at every connect and
+    /// extended by tables met in the stream; `None` until first read. The API names an
+    /// `entities` pattern that matches none of them instead of serving an empty stream.
+    pub published_tables: Mutex<Option<Vec<(String, String)>>>,
+}
+
+impl SourceStatus {
+    /// Replaces the list of published tables.
+    pub fn set_published_tables(&self, tables: Vec<(String, String)>) {
+        if let Ok(mut t) = self.published_tables.lock() {
+            *t = Some(tables);
+        }
+    }
+
+    /// Adds a table met in the stream (created after the last connect).
+    pub fn add_published_table(&self, schema: &str, table: &str) {
+        if let Ok(mut guard) = self.published_tables.lock() {
+            let list = guard.get_or_insert_with(Vec::new);
+            if !list.iter().any(|(s, t)| s == schema && t == table) {
+                list.push((schema.to_owned(), table.to_owned()));
+            }
+        }
+    }
 }

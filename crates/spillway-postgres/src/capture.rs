@@ -347,6 +347,11 @@ async fn run_once(
     let limit = cfg.receive_timeout;
     let mut catalog_conn =
         bounded(limit, "preparing the publication and slot", prepare(cfg)).await?;
+    let published = bounded(limit, "the published tables query", async {
+        Ok::<_, CaptureError>(catalog::published_tables(&mut catalog_conn, &cfg.publication).await?)
+    })
+    .await?;
+    status.set_published_tables(published);
     bounded(
         limit,
         "the wal_sender_timeout query",
@@ -532,6 +537,8 @@ async fn run_once(
                                 // fall through to let the encoder close its transaction
                             }
                             PgOutputMessage::Relation(rel) => {
+                                let schema = if rel.namespace.is_empty() { "pg_catalog" } else { rel.namespace.as_str() };
+                                status.add_published_table(schema, &rel.name);
                                 bounded(
                                     limit,
                                     "the catalog look-up of a relation's types and key",

@@ -717,6 +717,27 @@ pub async fn database_tables(conn: &mut PgConnection) -> Result<Vec<DbTable>, Pg
         .collect())
 }
 
+/// The tables `publication` sends, as `(schema, table)` (partition roots when it
+/// publishes via the root).
+pub async fn published_tables(
+    conn: &mut PgConnection,
+    publication: &str,
+) -> Result<Vec<(String, String)>, PgError> {
+    let rows = conn
+        .simple_query(&format!(
+            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = {} ORDER BY 1, 2",
+            quote_literal(publication)
+        ))
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            let mut it = r.into_iter();
+            Some((it.next()??, it.next()??))
+        })
+        .collect())
+}
+
 /// The publication as it is, or `None` when there is none of that name.
 pub async fn publication_state(
     conn: &mut PgConnection,

@@ -212,7 +212,14 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
         receive_timeout: config.source.receive_timeout,
     };
     // Fail fast on what no retry can fix (unreachable server, wal_level, privileges).
-    capture::prepare(&capture_cfg).await?.close().await;
+    let mut conn = capture::prepare(&capture_cfg).await?;
+    // What the publication sends, for the API's check of `entities` (capture refreshes it
+    // at every connect).
+    let published =
+        spillway_postgres::catalog::published_tables(&mut conn, &capture_cfg.publication)
+            .await
+            .ok();
+    conn.close().await;
     let dir = config.log.dir.clone();
     let mut opts = LogOptions::new(dir.clone());
     opts.segment_bytes = config.log.segment_bytes;
@@ -273,6 +280,9 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
     }
     register_sink_checkpoints(&log, &config).await?;
     let source = Arc::new(SourceStatus::default());
+    if let Some(tables) = published {
+        source.set_published_tables(tables);
+    }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = api::ApiState {
         log: log.clone(),

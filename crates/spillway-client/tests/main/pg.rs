@@ -660,3 +660,27 @@ async fn from_timestamp_inside_the_trimmed_range_is_a_requery() {
     running.shutdown();
     running.wait().await.unwrap();
 }
+
+/// `entities` naming a table that is not captured fails at open, naming it, instead of
+/// a stream that never yields anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_entities_naming_no_captured_table_fail_at_open() {
+    let pg = cluster(ITEMS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(&pg, dir.path(), Opts::default()).await;
+    let c = client(&running);
+    let e = c
+        .stream_changes()
+        .entities(["public.item"])
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(400), "{e}");
+    assert!(
+        e.to_string().contains("`public.item` matches no table"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("public.items"), "{e}");
+    c.stream_changes().entities(["public.items"]).await.unwrap();
+    running.shutdown();
+    running.wait().await.unwrap();
+}

@@ -134,6 +134,37 @@ pub fn parse_params(
     })
 }
 
+/// An `entities` name (no `*`) that matches none of the tables the publication sends is
+/// a 400 naming it, not a stream that stays empty for ever. Patterns with `*` may be
+/// meant for tables still to come and are taken as they are.
+fn check_entities(state: &ApiState, filter: &Filter) -> Result<(), ApiError> {
+    let Ok(guard) = state.source.published_tables.lock() else {
+        return Ok(());
+    };
+    let Some(tables) = guard.as_ref() else {
+        return Ok(()); // not known yet
+    };
+    for pattern in filter.table_patterns() {
+        if pattern.as_str().contains('*') || tables.iter().any(|(s, t)| pattern.matches(s, t)) {
+            continue;
+        }
+        let mut known: Vec<String> = tables.iter().map(|(s, t)| format!("{s}.{t}")).collect();
+        let more = known.len().saturating_sub(10);
+        known.truncate(10);
+        let listed = if known.is_empty() {
+            "none".to_string()
+        } else if more > 0 {
+            format!("{}, and {more} more", known.join(", "))
+        } else {
+            known.join(", ")
+        };
+        return Err(bad_request(format!(
+            "`entities`: `{pattern}` matches no table this Spillway captures (captured: {listed}); check the name (schema.table or table; names are case-sensitive), or add the table to the publication"
+        )));
+    }
+    Ok(())
+}
+
 /// Resolves a start position to the first lsn to read.
 pub(crate) fn resolve_start(state: &ApiState, start: &StartAt) -> Result<u64, ApiError> {
     let log = &state.log;
@@ -161,6 +192,7 @@ pub(crate) async fn changes(
     Query(q): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     let params = parse_params(&q, &headers)?;
+    check_entities(&state, &params.filter)?;
     let from_lsn = resolve_start(&state, &params.start)?;
     // A named consumer reset because the log ended before its checkpoint
     // (a repaired or restored log) is told first, on every stream, until it

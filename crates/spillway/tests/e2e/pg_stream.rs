@@ -1499,3 +1499,57 @@ async fn a_filtered_stream_says_how_far_it_has_read() {
     running.shutdown();
     running.wait().await.unwrap();
 }
+
+/// `entities` naming a table the publication does not send is a 400 naming it (it used
+/// to be a stream that stayed empty); a `*` pattern may wait for tables to come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entities_that_match_no_captured_table_are_named() {
+    let pg = cluster(SCHEMA).await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_with(&pg, dir.path(), "", "").await;
+    let base = format!("http://{}", running.addr);
+    let c = reqwest::Client::new();
+    let resp = c
+        .get(format!(
+            "{base}/v1/changes?entities=bank.holding,bank.holdings"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    let e = body["error"].as_str().unwrap();
+    assert!(e.contains("`bank.holdings` matches no table"), "{e}");
+    assert!(
+        e.contains("bank.holding,") || e.contains("bank.holding)"),
+        "{e}"
+    );
+    for ok in ["bank.holding", "holding", "users", "future_*"] {
+        let resp = c
+            .get(format!("{base}/v1/changes?entities={ok}&from=now"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{ok}");
+    }
+    // a table created after the start counts once capture has met it
+    pg.execute(
+        "shop",
+        "CREATE TABLE public.later (id int PRIMARY KEY); INSERT INTO public.later VALUES (1);",
+    )
+    .await
+    .unwrap();
+    read_until(&running.log, 1, |evs| {
+        evs.iter()
+            .any(|e| e["entity"] == "public.later" && e["type"] == "change")
+    })
+    .await;
+    let resp = c
+        .get(format!("{base}/v1/changes?entities=public.later&from=now"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    running.shutdown();
+    running.wait().await.unwrap();
+}
