@@ -141,11 +141,75 @@ pub enum LogError {
 }
 
 impl LogError {
+    /// Whether the same operation may succeed if tried again later, without anyone
+    /// changing the log: an i/o error of a read or of the checkpoint database (a full
+    /// file table, a disk that recovers), a checkpoint someone else moved (re-read it).
+    /// Everything else needs a person or another request: damaged or corrupt data, a
+    /// writer poisoned by a failed write or fsync (a restart reopens the log), a closed
+    /// writer, a trimmed position, a bad lsn, name or option, a directory in use.
+    ///
+    /// Callers decide what "again" means for them (a sink retries with backoff; capture
+    /// stops, since a failed append poisons the writer anyway).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            LogError::Io { .. }
+            | LogError::CheckpointStore { .. }
+            | LogError::CheckpointMoved { .. } => true,
+            LogError::Corrupt { .. }
+            | LogError::Poisoned { .. }
+            | LogError::Damaged { .. }
+            | LogError::LsnMismatch { .. }
+            | LogError::Closed
+            | LogError::Trimmed { .. }
+            | LogError::RecordTooLarge { .. }
+            | LogError::AlreadyOpen { .. }
+            | LogError::CheckpointBackward { .. }
+            | LogError::InvalidCheckpointName { .. }
+            | LogError::NotALog { .. }
+            | LogError::InvalidOptions(_) => false,
+        }
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         LogError::Io {
             op,
             path: path.into(),
             source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_means_trying_again_can_help() {
+        let io = LogError::io("read", "/x", io::Error::from(io::ErrorKind::Interrupted));
+        assert!(io.is_transient());
+        assert!(LogError::CheckpointMoved {
+            name: "n".into(),
+            current: 1
+        }
+        .is_transient());
+        for permanent in [
+            LogError::Corrupt {
+                segment: "/s".into(),
+                offset: 0,
+            },
+            LogError::Poisoned { cause: "x".into() },
+            LogError::Closed,
+            LogError::Trimmed {
+                requested: 1,
+                oldest: 2,
+            },
+            LogError::LsnMismatch {
+                expected: 1,
+                got: 2,
+            },
+            LogError::InvalidOptions("x".into()),
+        ] {
+            assert!(!permanent.is_transient(), "{permanent}");
         }
     }
 }

@@ -1,11 +1,11 @@
 //! Opening a log directory: discovery, tail recovery and index loading.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::error::LogError;
 use crate::index::{decode_index_file, encode_index_file, SegmentIndex};
@@ -14,9 +14,9 @@ use crate::record::{
     RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 use crate::segment::{
-    index_file_name, parse_file_name, remove_if_exists, scan_segment, segment_file_name, sync_dir,
-    sync_file, truncate_file, write_file_atomically, ScanStop, Segment, INDEX_EXT, SEGMENT_EXT,
-    TMP_EXT,
+    cut_tail_file, cut_tail_segments, index_file_name, parse_file_name, remove_if_exists,
+    scan_segment, segment_file_name, sync_dir, sync_file, truncate_file, write_file_atomically,
+    ScanStop, Segment, INDEX_EXT, SEGMENT_EXT, TMP_EXT,
 };
 use crate::{CommitPosition, LogOptions};
 
@@ -177,21 +177,17 @@ pub(crate) fn recover(opts: &LogOptions) -> Result<Recovered, LogError> {
 
     // Delete every segment after the cut, newest first (a crash in between
     // leaves a state that recovers to the same cut).
-    for &base in bases.get(cut_at + 1..).unwrap_or_default().iter().rev() {
-        info!(
-            segment = base,
-            "change log recovery: deleting segment after the last complete transaction"
-        );
-        remove_if_exists(&dir.join(segment_file_name(base)))?;
-        remove_if_exists(&dir.join(index_file_name(base)))?;
-    }
+    let active_base = bases.get(cut_at).copied().unwrap_or(1);
+    cut_tail_segments(
+        dir,
+        bases.get(cut_at + 1..).unwrap_or_default(),
+        active_base,
+        "after the last complete transaction (recovery)",
+    )?;
     bases.truncate(cut_at + 1);
-    let active_base = bases.last().copied().unwrap_or(1);
     let active_path = dir.join(segment_file_name(active_base));
-    // The active segment gets a fresh index when it is sealed again.
-    remove_if_exists(&dir.join(index_file_name(active_base)))?;
 
-    let mut active_file = if header_ok {
+    let active_file = if header_ok {
         OpenOptions::new()
             .read(true)
             .write(true)
@@ -203,34 +199,20 @@ pub(crate) fn recover(opts: &LogOptions) -> Result<Recovered, LogError> {
         remove_if_exists(&active_path)?;
         create_segment_file(dir, active_base, last_commit)?
     };
-    let file_len = active_file
-        .metadata()
-        .map_err(|e| LogError::io("stat", &active_path, e))?
-        .len();
-    if file_len != cut_offset {
-        info!(segment = %active_path.display(), from = file_len, to = cut_offset, "change log recovery: truncating");
-        truncate_file(&active_file, &active_path, dir, cut_offset)?;
-    }
-    // Always, not only after a truncation: the bytes kept may be only in
-    // the page cache (a crash of the process, not the machine, between a
-    // write and its group fsync). The committed position is published — and
-    // confirmed to PostgreSQL — only once they are on disk.
-    sync_file(&active_file, &active_path, dir)?;
-    // Likewise the directory: a segment created just before the crash.
-    sync_dir(dir)?;
-    active_file
-        .seek(SeekFrom::End(0))
-        .map_err(|e| LogError::io("seek", &active_path, e))?;
-
-    // Rebuild the active index from the (now clean) file.
-    let scan = scan_segment(&active_path, active_base, interval)?;
-    if scan.stop != ScanStop::End || scan.index.end_offset != cut_offset {
-        // The file changed under us or the disk returns different bytes.
-        return Err(LogError::Corrupt {
-            segment: active_path,
-            offset: scan.index.end_offset,
-        });
-    }
+    // Truncate, then fsync always, not only after a truncation: the bytes kept
+    // may be only in the page cache (a crash of the process, not the machine,
+    // between a write and its group fsync). The committed position is published
+    // — and confirmed to PostgreSQL — only once they are on disk; likewise the
+    // directory (a segment created just before the crash). Then the active index
+    // is rebuilt from the (now clean) file.
+    let scan = cut_tail_file(
+        dir,
+        &active_file,
+        &active_path,
+        active_base,
+        cut_offset,
+        interval,
+    )?;
     let active_index = scan.index;
 
     // Sealed segments: load or rebuild their indexes.

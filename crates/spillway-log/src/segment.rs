@@ -70,6 +70,62 @@ pub(crate) fn truncate_file(
         .map_err(|e| LogError::io("truncate", path, e))
 }
 
+/// The tail cut, shared by recovery at open and by the writer's `discard_uncommitted`
+/// (one routine, so the two cannot drift apart). First step: deletes the segments
+/// `newer` (ascending bases) newest first, with their indexes, and the index of the
+/// segment `cut_base` the cut goes into (it becomes active again and gets a fresh index
+/// when it is sealed). A crash in between leaves a log that recovers to the same cut.
+pub(crate) fn cut_tail_segments(
+    dir: &Path,
+    newer: &[u64],
+    cut_base: u64,
+    why: &str,
+) -> Result<(), LogError> {
+    for &base in newer.iter().rev() {
+        tracing::info!(segment = base, "change log: deleting segment {why}");
+        remove_if_exists(&dir.join(segment_file_name(base)))?;
+        remove_if_exists(&dir.join(index_file_name(base)))?;
+    }
+    remove_if_exists(&dir.join(index_file_name(cut_base)))?;
+    Ok(())
+}
+
+/// Second step of the tail cut: truncates the segment `file` (at `path`, first lsn
+/// `base`) to `offset` when it is longer, fsyncs it always (the bytes kept may be only in
+/// the page cache) and the directory, leaves the file positioned at its end, and rescans
+/// it; the scan must end exactly at `offset` (else the file changed under us or the disk
+/// returns different bytes: [`LogError::Corrupt`]).
+pub(crate) fn cut_tail_file(
+    dir: &Path,
+    file: &File,
+    path: &Path,
+    base: u64,
+    offset: u64,
+    index_interval: u64,
+) -> Result<ScanOutcome, LogError> {
+    let len = file
+        .metadata()
+        .map_err(|e| LogError::io("stat", path, e))?
+        .len();
+    if len != offset {
+        tracing::info!(segment = %path.display(), from = len, to = offset, "change log: truncating");
+        truncate_file(file, path, dir, offset)?;
+    }
+    sync_file(file, path, dir)?;
+    sync_dir(dir)?;
+    (&*file)
+        .seek(SeekFrom::End(0))
+        .map_err(|e| LogError::io("seek", path, e))?;
+    let scan = scan_segment(path, base, index_interval)?;
+    if scan.stop != ScanStop::End || scan.index.end_offset != offset {
+        return Err(LogError::Corrupt {
+            segment: path.to_path_buf(),
+            offset: scan.index.end_offset,
+        });
+    }
+    Ok(scan)
+}
+
 /// One segment as known to readers and the writer.
 #[derive(Debug)]
 pub(crate) struct Segment {

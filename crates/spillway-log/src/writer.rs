@@ -2,7 +2,7 @@
 //! does blocking file I/O with group commit.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
+use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -19,8 +19,8 @@ use crate::record::{
 };
 use crate::recovery::create_segment_file;
 use crate::segment::{
-    publish_index, remove_if_exists, scan_segment, sync_dir, sync_file, truncate_file,
-    write_file_atomically, ScanStop, Segment,
+    cut_tail_file, cut_tail_segments, publish_index, sync_dir, sync_file, truncate_file,
+    write_file_atomically, Segment,
 };
 use crate::{AppendRecord, CommitPosition, Shared};
 
@@ -942,17 +942,16 @@ impl WriterThread {
             let removed: Vec<Arc<Segment>> = segs.drain(k..).collect();
             (cut_seg, cut, removed)
         };
-        for seg in removed.iter().rev() {
-            info!(
-                segment = seg.base_lsn,
-                "change log: deleting segment of a discarded unfinished transaction"
-            );
-            remove_if_exists(&seg.path)?;
-            remove_if_exists(&seg.idx_path)?;
-        }
+        // The same cut as recovery's, by the same routine.
+        let newer: Vec<u64> = removed.iter().map(|s| s.base_lsn).collect();
+        cut_tail_segments(
+            &dir,
+            &newer,
+            cut_seg.base_lsn,
+            "of a discarded unfinished transaction",
+        )?;
         // The cut segment is active (again): it gets a fresh index when it
         // is sealed.
-        let dir_dirty = remove_if_exists(&cut_seg.idx_path)? || !removed.is_empty();
         cut_seg.idx_bytes.store(0, Ordering::Relaxed);
 
         let file = if Arc::ptr_eq(&cut_seg, &self.seg) {
@@ -965,26 +964,15 @@ impl WriterThread {
                 .map_err(|e| LogError::io("open segment", &cut_seg.path, e))?;
             Arc::new(file)
         };
-        let io = |op, e| LogError::io(op, &cut_seg.path, e);
-        file.set_len(cut).map_err(|e| io("truncate", e))?;
-        file.sync_all().map_err(|e| io("fsync", e))?;
-        (&*file)
-            .seek(SeekFrom::Start(cut))
-            .map_err(|e| io("seek", e))?;
-        if dir_dirty {
-            sync_dir(&dir)?;
-        }
-
-        // Rebuild the index of what is left, exactly as recovery would.
-        let scan = scan_segment(
+        let scan = cut_tail_file(
+            &dir,
+            &file,
             &cut_seg.path,
             cut_seg.base_lsn,
+            cut,
             self.shared.opts.index_interval_bytes,
         )?;
-        if scan.stop != ScanStop::End
-            || scan.index.end_offset != cut
-            || scan.index.last_lsn + 1 != first
-        {
+        if scan.index.last_lsn + 1 != first {
             return Err(LogError::Corrupt {
                 segment: cut_seg.path.clone(),
                 offset: scan.index.end_offset,

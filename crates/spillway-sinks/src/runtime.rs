@@ -452,14 +452,12 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| SinkError::Fatal(format!("sink worker task failed: {e}")))
 }
 
-/// Log errors by consequence.
+/// Log errors by consequence ([`LogError::is_transient`]).
 fn log_error(e: LogError) -> SinkError {
-    match e {
-        LogError::Corrupt { .. }
-        | LogError::Damaged { .. }
-        | LogError::Poisoned { .. }
-        | LogError::InvalidCheckpointName { .. } => SinkError::Fatal(e.to_string()),
-        other => SinkError::Transient(other.to_string()),
+    if e.is_transient() {
+        SinkError::Transient(e.to_string())
+    } else {
+        SinkError::Fatal(e.to_string())
     }
 }
 
