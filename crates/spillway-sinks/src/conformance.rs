@@ -39,7 +39,7 @@ use spillway_log::{AppendRecord, ChangeLog, LogOptions, LogWriter};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::runtime::{run_sink, Sink, SinkError, SinkRecord, SinkSettings, SinkStatus};
+use crate::{run_sink, Sink, SinkError, SinkRecord, SinkSettings, SinkStatus};
 
 /// The name of the sink (and checkpoint) the suite uses.
 pub const SINK_NAME: &str = "conformance";

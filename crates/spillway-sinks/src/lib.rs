@@ -100,13 +100,14 @@
 //!
 //! ## Layout
 //!
-//! * [`runtime`] — the [`Sink`] trait, [`SinkRecord`], [`SinkError`],
-//!   [`SinkSettings`], [`SinkStatus`] and [`run_sink`].
-//! * `filter` — the `tables` / `operations` filters.
-//! * `event` — the few fields of a native event the filters read.
-//!   Encoding (`format`) is [`spillway_core::encoding::Encoder`], one per
-//!   running sink, fed every delivered event (and every `schema_change`) in
-//!   log order.
+//! * `contract` — the [`Sink`] trait (and [`DynSink`]), [`SinkRecord`], [`SinkError`].
+//! * `settings` — [`SinkSettings`], and the `tables` / `operations` filter built from
+//!   them ([`spillway_core::transform::Filter`]).
+//! * `status` — [`SinkStatus`], the live state the API and metrics read.
+//! * [`runtime`] — [`run_sink`]: read the log, parse each event once
+//!   ([`spillway_core::EventView`]), filter → transforms → encode (one
+//!   [`spillway_core::encoding::Encoder`] per running sink, fed every delivered event
+//!   and every `schema_change` in log order), batch, deliver, checkpoint.
 //! * [`file`](mod@file) — the `file` sink (JSON lines, rotation by size, or stdout).
 //!   Every sink is a directory with the same files: `mod.rs` (docs),
 //!   `config.rs` (serde config), `sink.rs` (the [`Sink`] implementation).
@@ -118,14 +119,17 @@
 //! * [`conformance`] — the suite every sink's tests run.
 
 pub mod conformance;
+mod contract;
 pub mod file;
 pub mod route;
 pub mod runtime;
+mod settings;
+mod status;
 pub mod webhook;
 
 pub use spillway_core::encoding::{EncoderOptions, Format};
 
-pub use runtime::{
-    checkpoint_name, run_sink, BoxFuture, DynSink, Sink, SinkError, SinkRecord, SinkSettings,
-    SinkStatus, SinkStatusSnapshot,
-};
+pub use contract::{BoxFuture, DynSink, Sink, SinkError, SinkRecord};
+pub use runtime::{checkpoint_name, run_sink};
+pub use settings::SinkSettings;
+pub use status::{SinkStatus, SinkStatusSnapshot};

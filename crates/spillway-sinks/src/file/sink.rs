@@ -5,7 +5,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::config::FileSinkConfig;
-use crate::runtime::{Sink, SinkError, SinkRecord};
+use crate::{Sink, SinkError, SinkRecord};
 
 /// Where lines go.
 enum Output {

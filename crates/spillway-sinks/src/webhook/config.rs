@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::SinkError;
+use crate::SinkError;
 
 fn default_timeout_ms() -> u64 {
     10_000

@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use sha2::Sha256;
 
 use super::config::WebhookSinkConfig;
-use crate::runtime::{Sink, SinkError, SinkRecord};
+use crate::{Sink, SinkError, SinkRecord};
 
 /// The signature header.
 const SIGNATURE: &str = "x-spillway-signature";
