@@ -294,6 +294,29 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
         token: config.api.token.clone(),
         sinks: sink_status.clone(),
         shutdown: shutdown_rx.clone(),
+        lookup_tables: Some({
+            let connect = config.source.connect.clone();
+            let publication = config.source.publication.clone();
+            Arc::new(move || {
+                let (connect, publication) = (connect.clone(), publication.clone());
+                Box::pin(async move {
+                    let look = async {
+                        let mut conn = spillway_postgres::PgConnection::connect(&connect, false)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let tables =
+                            spillway_postgres::catalog::published_tables(&mut conn, &publication)
+                                .await
+                                .map_err(|e| e.to_string());
+                        conn.close().await;
+                        tables
+                    };
+                    tokio::time::timeout(Duration::from_secs(5), look)
+                        .await
+                        .map_err(|_| "PostgreSQL did not answer within 5 s".to_string())?
+                })
+            })
+        }),
     };
     let sinks = sink_starts
         .into_iter()

@@ -135,34 +135,55 @@ pub fn parse_params(
 }
 
 /// An `entities` name (no `*`) that matches none of the tables the publication sends is
-/// a 400 naming it, not a stream that stays empty for ever. Patterns with `*` may be
-/// meant for tables still to come and are taken as they are.
-fn check_entities(state: &ApiState, filter: &Filter) -> Result<(), ApiError> {
-    let Ok(guard) = state.source.published_tables.lock() else {
-        return Ok(());
+/// a 400 naming it, not a stream that stays empty for ever. The list capture read at its
+/// last connect (plus the tables met since) is asked first; on a miss PostgreSQL itself
+/// (a table created a moment ago is in a `FOR ALL TABLES` publication at once). When
+/// PostgreSQL cannot be asked, the stream is served (and the miss logged). Patterns with
+/// `*` may be meant for tables still to come and are taken as they are.
+async fn check_entities(state: &ApiState, filter: &Filter) -> Result<(), ApiError> {
+    let missing = |tables: &[(String, String)]| -> Option<String> {
+        filter
+            .table_patterns()
+            .find(|p| !p.as_str().contains('*') && !tables.iter().any(|(s, t)| p.matches(s, t)))
+            .map(|p| p.as_str().to_owned())
     };
-    let Some(tables) = guard.as_ref() else {
+    let known = match state.source.published_tables.lock() {
+        Ok(guard) => guard.clone(),
+        Err(_) => None,
+    };
+    let Some(known) = known else {
         return Ok(()); // not known yet
     };
-    for pattern in filter.table_patterns() {
-        if pattern.as_str().contains('*') || tables.iter().any(|(s, t)| pattern.matches(s, t)) {
-            continue;
-        }
-        let mut known: Vec<String> = tables.iter().map(|(s, t)| format!("{s}.{t}")).collect();
-        let more = known.len().saturating_sub(10);
-        known.truncate(10);
-        let listed = if known.is_empty() {
-            "none".to_string()
-        } else if more > 0 {
-            format!("{}, and {more} more", known.join(", "))
-        } else {
-            known.join(", ")
-        };
-        return Err(bad_request(format!(
-            "`entities`: `{pattern}` matches no table this Spillway captures (captured: {listed}); check the name (schema.table or table; names are case-sensitive), or add the table to the publication"
-        )));
+    if missing(&known).is_none() {
+        return Ok(());
     }
-    Ok(())
+    let Some(lookup) = &state.lookup_tables else {
+        return Ok(());
+    };
+    let tables = match lookup().await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot check `entities` against the published tables; serving the stream");
+            return Ok(());
+        }
+    };
+    state.source.set_published_tables(tables.clone());
+    let Some(pattern) = missing(&tables) else {
+        return Ok(());
+    };
+    let mut names: Vec<String> = tables.iter().map(|(s, t)| format!("{s}.{t}")).collect();
+    let more = names.len().saturating_sub(10);
+    names.truncate(10);
+    let listed = if names.is_empty() {
+        "none".to_string()
+    } else if more > 0 {
+        format!("{}, and {more} more", names.join(", "))
+    } else {
+        names.join(", ")
+    };
+    Err(bad_request(format!(
+        "`entities`: `{pattern}` matches no table this Spillway captures (captured: {listed}); check the name (schema.table or table; names are case-sensitive), or add the table to the publication"
+    )))
 }
 
 /// Resolves a start position to the first lsn to read.
@@ -192,7 +213,7 @@ pub(crate) async fn changes(
     Query(q): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     let params = parse_params(&q, &headers)?;
-    check_entities(&state, &params.filter)?;
+    check_entities(&state, &params.filter).await?;
     let from_lsn = resolve_start(&state, &params.start)?;
     // A named consumer reset because the log ended before its checkpoint
     // (a repaired or restored log) is told first, on every stream, until it

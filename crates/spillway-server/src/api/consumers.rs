@@ -244,6 +244,7 @@ mod tests {
                 status: Default::default(),
             }],
             shutdown,
+            lookup_tables: None,
         };
         let answer = put_sink_checkpoint(
             State(state),

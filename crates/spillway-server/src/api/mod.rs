@@ -49,7 +49,18 @@ pub struct ApiState {
     pub sinks: Vec<SinkInfo>,
     /// Turns true when the server stops; open streams end then.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Reads the tables the publication sends now (from PostgreSQL), for an `entities`
+    /// name the last known list lacks (a table created since); `None`: no look-up.
+    pub lookup_tables: Option<TableLookup>,
 }
+
+/// Reads the published tables as `(schema, table)`; an error means "cannot tell".
+pub type TableLookup = Arc<
+    dyn Fn() -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Vec<(String, String)>, String>> + Send>,
+        > + Send
+        + Sync,
+>;
 
 /// A configured sink, for status and metrics.
 #[derive(Clone)]
