@@ -302,7 +302,8 @@ impl ChangeStreamBuilder {
     /// Reads everything committed up to the moment the stream opens, then ends:
     /// [`next`](ChangeStream::next) returns `Ok(None)` once the stream has passed that
     /// point (reference 004's audit-log loop, an export, a test). With filters, the
-    /// lsns the filter skips count as passed: the server says how far it has read.
+    /// lsns the filter skips count as passed: the server says how far it has read. The
+    /// last batch may hold events committed after the stream opened.
     pub fn until_caught_up(mut self) -> Self {
         self.opts.until_caught_up = true;
         self
@@ -566,7 +567,11 @@ impl Inner {
                     }
                 }
                 Some(Entry::Failed(e)) => return Err(e),
-                None if self.ended || self.caught_up() => return Ok(None),
+                // Caught up only once nothing received is held back: complete lines of
+                // a chunk that ended mid-line wait in `pending`.
+                None if self.ended || (self.caught_up() && self.pending.is_empty()) => {
+                    return Ok(None)
+                }
                 None => self.fill().await?,
             }
         }

@@ -1360,3 +1360,40 @@ async fn from_lsn_zero_is_the_first_lsn() {
         Some("1")
     );
 }
+
+/// Events received in a chunk that ends mid-line are handed out before an
+/// until_caught_up stream ends (they used to be dropped when they reached the end).
+#[tokio::test]
+async fn until_caught_up_hands_out_what_a_split_chunk_held() {
+    let f = fake(move |_, r| match r.path() {
+        "/v1/status" => Reply::Json(200, json!({"current_lsn": 3, "oldest_lsn": 1})),
+        _ => {
+            let four = change(4, 3, "insert");
+            let (head, tail) = four.split_at(20);
+            Reply::Stream(vec![
+                chunk(format!(
+                    "{}{}{head}",
+                    change(2, 1, "insert"),
+                    change(3, 2, "insert")
+                )),
+                Step::Sleep(100),
+                chunk(tail.to_string()),
+                Step::Hang,
+            ])
+        }
+    })
+    .await;
+    let s = f
+        .client()
+        .stream_changes()
+        .from_lsn(1)
+        .until_caught_up()
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while let Some(c) = within(s.next()).await.unwrap() {
+        got.push(c.lsn);
+    }
+    // 4, committed after the stream opened, completes the batch 2 and 3 arrived in.
+    assert_eq!(got, [2, 3, 4]);
+}
