@@ -878,12 +878,16 @@ impl State {
     fn pop_item(&mut self) -> Option<StreamItem> {
         while let Some(piece) = self.ready.pop_front() {
             match piece {
-                Piece::Scanned(lsn) => {
-                    self.last_delivered = Some(self.last_delivered.map_or(lsn, |l| l.max(lsn)));
-                }
+                // `Inner` emits these only beyond its position.
+                Piece::Scanned(lsn) => self.last_delivered = Some(lsn),
                 Piece::Item(item) => {
                     if let Some(lsn) = item.lsn() {
                         self.last_delivered = Some(lsn);
+                    }
+                    // After a requery the position is just before where the stream goes
+                    // on (maybe below what was handed out before: a rewound log).
+                    if let StreamItem::RequeryRequired { oldest_lsn, .. } = &item {
+                        self.last_delivered = oldest_lsn.checked_sub(1);
                     }
                     return Some(item);
                 }
