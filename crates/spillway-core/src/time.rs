@@ -324,7 +324,9 @@ pub fn parse_pg_time(text: &[u8], with_tz: bool) -> Option<(TimeOfDay, Option<i6
     c.done().then_some((time, offset))
 }
 
-fn write_uint(out: &mut Vec<u8>, v: u64, width: usize) {
+/// Appends `v` in decimal, zero-padded to at least `width` digits (no allocation; the
+/// capture path writes its numbers with it too).
+pub fn write_uint(out: &mut Vec<u8>, v: u64, width: usize) {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     let mut v = v;

@@ -187,20 +187,7 @@ fn display_schema(namespace: &str) -> &str {
 }
 
 fn write_u64(out: &mut Vec<u8>, v: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    let mut v = v;
-    loop {
-        i -= 1;
-        if let Some(slot) = buf.get_mut(i) {
-            *slot = b'0' + (v % 10) as u8;
-        }
-        v /= 10;
-        if v == 0 || i == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(buf.get(i..).unwrap_or_default());
+    spillway_core::time::write_uint(out, v, 0);
 }
 
 fn write_i64(out: &mut Vec<u8>, v: i64) {
